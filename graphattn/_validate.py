@@ -1,0 +1,90 @@
+"""Argument checks shared by every public function.
+
+Each check raises a ``TypeError`` or ``ValueError`` that names the parameter, what was expected
+and what came, e.g. ``ValueError: expected radius >= 0, got -1``. User input is never checked
+with ``assert``.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Sequence
+
+import torch
+
+__all__ = ["check_int", "check_float", "check_bool", "check_query_range", "check_index_list"]
+
+
+def check_int(name: str, value, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    """Return ``value`` as a Python int after checking its type and range."""
+    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, torch.Tensor)):
+        raise TypeError(f"expected {name} to be an int, got {type(value).__name__} {value!r}")
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or value.dtype.is_floating_point or value.dtype == torch.bool:
+            raise TypeError(f"expected {name} to be an int, got tensor {value!r}")
+        value = value.item()
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"expected {name} >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"expected {name} <= {maximum}, got {value}")
+    return value
+
+
+def check_float(name: str, value, *, minimum: float | None = None, maximum: float | None = None) -> float:
+    """Return ``value`` as a Python float after checking its type and closed range."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"expected {name} to be a real number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if value != value:
+        raise ValueError(f"expected {name} to be a number, got nan")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"expected {name} >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"expected {name} <= {maximum}, got {value}")
+    return value
+
+
+def check_bool(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"expected {name} to be a bool, got {type(value).__name__} {value!r}")
+    return value
+
+
+def check_query_range(queries, num_nodes: int) -> tuple[int, int]:
+    """Normalise the sharding argument ``queries`` to ``(start, stop)`` node ids.
+
+    ``None`` means every node; otherwise a ``range`` with step 1 inside ``[0, num_nodes]``.
+    """
+    if queries is None:
+        return 0, num_nodes
+    if not isinstance(queries, range):
+        raise TypeError(f"expected queries to be a range or None, got {type(queries).__name__}")
+    if queries.step != 1:
+        raise ValueError(f"expected queries to be a range with step 1, got step {queries.step}")
+    if not 0 <= queries.start <= queries.stop <= num_nodes:
+        raise ValueError(
+            f"expected queries inside range(0, {num_nodes}) with start <= stop, got {queries}"
+        )
+    return queries.start, queries.stop
+
+
+def check_index_list(name: str, values, *, size: int, what: str = "index") -> torch.Tensor:
+    """Return a sorted, unique int64 tensor of indices in ``[0, size)``; duplicates are an error."""
+    if isinstance(values, torch.Tensor):
+        if values.dtype.is_floating_point or values.dtype == torch.bool:
+            raise TypeError(f"expected {name} to hold integers, got dtype {values.dtype}")
+        t = values.detach().to("cpu", torch.int64).reshape(-1)
+    else:
+        if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+            raise TypeError(f"expected {name} to be a sequence of ints, got {type(values).__name__}")
+        t = torch.tensor([check_int(f"{name}[{p}]", v) for p, v in enumerate(values)], dtype=torch.int64)
+    if t.numel():
+        lo, hi = int(t.min()), int(t.max())
+        if lo < 0 or hi >= size:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"expected every {what} in {name} to lie in [0, {size}), got {bad}")
+    uniq = torch.unique(t)
+    if uniq.numel() != t.numel():
+        raise ValueError(f"expected {name} to hold distinct values, got duplicates in {t.tolist()}")
+    return uniq

@@ -1,0 +1,295 @@
+"""Composition of attention graphs: set algebra, block lifting, batching, heads, schedules.
+
+Set operations work on the sorted edge codes ``query * N + key`` that every AttentionGraph keeps
+in increasing order, so membership is a binary search (``searchsorted``) and a union is a merge
+by computed positions: no re-sort of the combined edge list.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from graphattn._validate import check_int, check_query_range
+from graphattn.graph import AttentionGraph, EdgeLabel, NodeType
+
+__all__ = ["union", "intersection", "difference", "lift_blocks", "batch", "stack_heads", "schedule"]
+
+
+def _as_graphs(graphs, name: str = "graphs") -> list[AttentionGraph]:
+    out = list(graphs)
+    for p, g in enumerate(out):
+        if not isinstance(g, AttentionGraph):
+            raise TypeError(f"expected {name}[{p}] to be an AttentionGraph, got {type(g).__name__}")
+    return out
+
+
+def _check_same_nodes(a: AttentionGraph, b: AttentionGraph, op: str) -> None:
+    if a.num_nodes != b.num_nodes:
+        raise ValueError(
+            f"{op}: expected graphs over the same nodes, got num_nodes {a.num_nodes} and {b.num_nodes} "
+            "(append nodes with add_nodes() first)"
+        )
+    if not torch.equal(a.node_type, b.node_type.to(a.device)):
+        raise ValueError(f"{op}: expected graphs with the same node types, got different node_type")
+    if a.device != b.device:
+        raise ValueError(f"{op}: expected graphs on one device, got {a.device} and {b.device}")
+    if a.num_heads is not None and b.num_heads is not None and a.num_heads != b.num_heads:
+        raise ValueError(f"{op}: expected the same number of heads, got {a.num_heads} and {b.num_heads}")
+    if (a.relative is None) != (b.relative is None):
+        raise ValueError(
+            f"{op}: one graph carries relative positions and the other does not; "
+            "drop them with without_relative() or give both"
+        )
+
+
+def _codes(g: AttentionGraph) -> torch.Tensor:
+    return g.edge_index[1] * max(g.num_nodes, 1) + g.edge_index[0]
+
+
+def _locate(sorted_codes: torch.Tensor, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each code: (found in sorted_codes, its position there, clamped when absent)."""
+    pos = torch.searchsorted(sorted_codes, codes)
+    pos = pos.clamp_max(max(sorted_codes.numel() - 1, 0))
+    found = sorted_codes[pos] == codes if sorted_codes.numel() else torch.zeros_like(codes, dtype=torch.bool)
+    return found, pos
+
+
+def _heads(g: AttentionGraph, num_heads: int | None) -> torch.Tensor | None:
+    if num_heads is None:
+        return None
+    if g.head_mask is not None:
+        return g.head_mask
+    return torch.ones(g.num_edges, num_heads, dtype=torch.bool, device=g.device)
+
+
+def _union2(a: AttentionGraph, b: AttentionGraph) -> AttentionGraph:
+    _check_same_nodes(a, b, "union")
+    heads = a.num_heads or b.num_heads
+    ca, cb = _codes(a), _codes(b)
+    found, pos = _locate(ca, cb)
+    new = ~found
+    cn = cb[new]
+    # Merge two sorted, disjoint code lists by computed output positions.
+    pa = torch.arange(ca.numel(), device=a.device) + torch.searchsorted(cn, ca)
+    pn = torch.arange(cn.numel(), device=a.device) + torch.searchsorted(ca, cn)
+    total = ca.numel() + cn.numel()
+
+    def merge(xa, xb, dim_tail=()):
+        out = torch.empty((total, *dim_tail), dtype=xa.dtype, device=a.device)
+        out[pa] = xa
+        out[pn] = xb[new]
+        return out
+
+    edge_index = torch.empty(2, total, dtype=torch.int64, device=a.device)
+    edge_index[:, pa] = a.edge_index
+    edge_index[:, pn] = b.edge_index[:, new]
+    label = merge(a.edge_label, b.edge_label)
+    relative = merge(a.relative, b.relative) if a.relative is not None else None
+    head_mask = None
+    if heads is not None:
+        ha, hb = _heads(a, heads), _heads(b, heads)
+        ha = ha.clone()
+        ha[pos[found]] |= hb[found]  # shared edges serve the heads of both operands
+        head_mask = merge(ha, hb, (heads,))
+    return AttentionGraph._trusted(edge_index, a.num_nodes, a.node_type, label, relative, head_mask)
+
+
+def union(*graphs: AttentionGraph) -> AttentionGraph:
+    """Edges in any operand. Labels (and relative ids) of earlier operands win on shared edges;
+    head masks are OR-ed. ``g | h`` is ``union(g, h)``."""
+    gs = _as_graphs(graphs)
+    if not gs:
+        raise ValueError("union: expected at least one graph, got none")
+    out = gs[0]
+    for g in gs[1:]:
+        out = _union2(out, g)
+    return out
+
+
+def intersection(a: AttentionGraph, b: AttentionGraph) -> AttentionGraph:
+    """Edges in both (labels from ``a``; head masks AND-ed, edges left with no head dropped)."""
+    a, b = _as_graphs((a, b))
+    _check_same_nodes(a, b, "intersection")
+    found, pos = _locate(_codes(b), _codes(a))
+    heads = a.num_heads or b.num_heads
+    if heads is None:
+        return a._select(found)
+    mask = _heads(a, heads) & _heads(b, heads)[pos] & found[:, None]
+    keep = mask.any(dim=1)
+    g = a._select(keep)
+    return AttentionGraph._trusted(g.edge_index, g.num_nodes, g.node_type, g.edge_label, g.relative, mask[keep])
+
+
+def difference(a: AttentionGraph, b: AttentionGraph) -> AttentionGraph:
+    """Edges of ``a`` not in ``b`` (per head when either graph has a head layout)."""
+    a, b = _as_graphs((a, b))
+    _check_same_nodes(a, b, "difference")
+    found, pos = _locate(_codes(b), _codes(a))
+    heads = a.num_heads or b.num_heads
+    if heads is None:
+        return a._select(~found)
+    mask = _heads(a, heads) & ~(_heads(b, heads)[pos] & found[:, None])
+    keep = mask.any(dim=1)
+    g = a._select(keep)
+    return AttentionGraph._trusted(g.edge_index, g.num_nodes, g.node_type, g.edge_label, g.relative, mask[keep])
+
+
+def _exclusive_cumsum(x: torch.Tensor) -> torch.Tensor:
+    out = torch.zeros(x.numel() + 1, dtype=torch.int64, device=x.device)
+    torch.cumsum(x, 0, out=out[1:])
+    return out
+
+
+def lift_blocks(
+    block_graph: AttentionGraph,
+    *,
+    block: int,
+    num_tokens: int,
+    queries: range | None = None,
+) -> AttentionGraph:
+    """Lift a graph over blocks to tokens: every token of query block ``I`` attends every token
+    of key block ``J`` for each block edge ``(J, I)``.
+
+    Tokens ``[I*block, min((I+1)*block, num_tokens))`` form block ``I``; the last block may be
+    partial. ``block_graph`` must have exactly ``ceil(num_tokens / block)`` token nodes and no
+    relative positions. Labels and head masks travel with the block edges. ``queries`` restricts
+    the output to a token range (sharding). Work and memory are linear in the output.
+
+    >>> from graphattn import rules
+    >>> lift_blocks(rules.band(2, radius=0), block=2, num_tokens=3).to_dense().int().tolist()
+    [[1, 1, 0], [1, 1, 0], [0, 0, 1]]
+    """
+    if not isinstance(block_graph, AttentionGraph):
+        raise TypeError(f"expected block_graph to be an AttentionGraph, got {type(block_graph).__name__}")
+    block = check_int("block", block, minimum=1)
+    num_tokens = check_int("num_tokens", num_tokens, minimum=0)
+    num_blocks = -(-num_tokens // block)
+    if block_graph.num_nodes != num_blocks or block_graph.num_tokens != num_blocks:
+        raise ValueError(
+            f"expected block_graph over ceil(num_tokens / block) = {num_blocks} token nodes, "
+            f"got {block_graph.num_nodes} nodes"
+        )
+    if block_graph.relative is not None:
+        raise ValueError("expected block_graph without relative positions (they do not lift to tokens)")
+    start, stop = check_query_range(queries, num_tokens)
+    device = block_graph.device
+    bkey = block_graph.edge_index[0]
+    bsize = (num_tokens - torch.arange(num_blocks, device=device) * block).clamp_max(block)
+    # The key row of query block I (every token of I shares it), concatenated over blocks:
+    # flat_key[row_ptr[I]:row_ptr[I+1]] are the key tokens, flat_edge the block edge of each.
+    lens = bsize[bkey]
+    flat_edge = torch.repeat_interleave(torch.arange(bkey.numel(), device=device), lens)
+    flat_key = bkey[flat_edge] * block + (
+        torch.arange(flat_edge.numel(), device=device) - _exclusive_cumsum(lens)[:-1][flat_edge])
+    row_ptr = _exclusive_cumsum(lens)[block_graph.query_ptr]
+    row_len = row_ptr.diff()
+
+    # Token rows [start, stop) grouped into pieces of one query block each.
+    b0, b1 = start // block, -(-stop // block)
+    qb = torch.arange(b0, b1, device=device)
+    tok_lo = torch.maximum(qb * block, torch.tensor(start, device=device))
+    tok_hi = torch.minimum(qb * block + bsize[qb] if qb.numel() else qb, torch.tensor(stop, device=device))
+    rows_in = (tok_hi - tok_lo).clamp_min(0)
+    out_ptr = _exclusive_cumsum(rows_in * row_len[qb])
+    total = int(out_ptr[-1])
+    edge_index = torch.empty(2, total, dtype=torch.int64, device=device)
+    heads = block_graph.num_heads
+    label = torch.empty(total, dtype=torch.int8, device=device)
+    head_mask = torch.empty(total, heads, dtype=torch.bool, device=device) if heads else None
+
+    # Consecutive query blocks with the same (rows, key-row length) form a run; a run's output
+    # is one [blocks, rows, keys] tensor written by a broadcast copy. Structured graphs (band,
+    # BigBird) have a handful of runs; irregular block graphs fall back to one flat gather.
+    shape = torch.stack([rows_in, row_len[qb]], dim=1)
+    change = torch.ones(qb.numel(), dtype=torch.bool, device=device)
+    change[1:] = (shape[1:] != shape[:-1]).any(dim=1)
+    run_starts = change.nonzero().flatten().tolist() + [qb.numel()]
+    if len(run_starts) - 1 <= 64:
+        for r0, r1 in zip(run_starts[:-1], run_starts[1:]):
+            rows, width = int(rows_in[r0]), int(row_len[qb[r0]])
+            if rows * width == 0:
+                continue
+            e0, e1 = int(out_ptr[r0]), int(out_ptr[r1])
+            src = row_ptr[qb[r0:r1]][:, None] + torch.arange(width, device=device)  # [G, width]
+            view = (r1 - r0, rows, width)
+            edge_index[0, e0:e1].view(view).copy_(flat_key[src][:, None, :].expand(view))
+            edge_index[1, e0:e1].view(view).copy_(
+                (tok_lo[r0:r1, None] + torch.arange(rows, device=device))[:, :, None].expand(view))
+            label[e0:e1].view(view).copy_(block_graph.edge_label[flat_edge[src]][:, None, :].expand(view))
+            if heads:
+                head_mask[e0:e1].view(*view, heads).copy_(
+                    block_graph.head_mask[flat_edge[src]][:, None].expand(*view, heads))
+    else:
+        tok = torch.arange(start, stop, device=device)
+        counts = row_len[tok // block]
+        rows = torch.repeat_interleave(tok, counts, output_size=total)
+        within = torch.arange(total, device=device) - torch.repeat_interleave(
+            _exclusive_cumsum(counts)[:-1], counts, output_size=total)
+        src = row_ptr[rows // block] + within
+        edge_index[0] = flat_key[src]
+        edge_index[1] = rows
+        label = block_graph.edge_label[flat_edge[src]]
+        if heads:
+            head_mask = block_graph.head_mask[flat_edge[src]]
+    node_type = torch.zeros(num_tokens, dtype=torch.int8, device=device)
+    return AttentionGraph._trusted(edge_index, num_tokens, node_type, label, None, head_mask)
+
+
+def batch(graphs: Sequence[AttentionGraph]) -> tuple[AttentionGraph, torch.Tensor]:
+    """Disjoint union with PyG-style offsets: graph ``b`` occupies nodes ``ptr[b]:ptr[b+1]``.
+
+    Returns ``(graph, ptr)``. No edge crosses graphs. Node types are concatenated, so the batched
+    graph's tokens are no longer all in front; ``num_tokens`` counts them all. All graphs must
+    agree on carrying relative positions, and head layouts must have one head count.
+    """
+    gs = _as_graphs(graphs)
+    if not gs:
+        raise ValueError("batch: expected at least one graph, got none")
+    device = gs[0].device
+    heads = {g.num_heads for g in gs} - {None}
+    if len(heads) > 1:
+        raise ValueError(f"batch: expected one head count, got {sorted(heads)}")
+    heads = heads.pop() if heads else None
+    if len({g.relative is None for g in gs}) > 1:
+        raise ValueError("batch: expected relative positions on all graphs or on none")
+    sizes = torch.tensor([g.num_nodes for g in gs], dtype=torch.int64)
+    ptr = _exclusive_cumsum(sizes)
+    edge_index = torch.cat([g.edge_index.to(device) + int(o) for g, o in zip(gs, ptr[:-1])], dim=1)
+    rel = None if gs[0].relative is None else torch.cat([g.relative.to(device) for g in gs])
+    hm = None if heads is None else torch.cat([_heads(g, heads).to(device) for g in gs])
+    out = AttentionGraph._trusted(
+        edge_index, int(ptr[-1]), torch.cat([g.node_type.to(device) for g in gs]),
+        torch.cat([g.edge_label.to(device) for g in gs]), rel, hm,
+    )
+    return out, ptr.to(device)
+
+
+def stack_heads(graphs: Sequence[AttentionGraph]) -> AttentionGraph:
+    """Per-head layout: head ``h`` attends over ``graphs[h]``. Returns the union of the edges with
+    ``head_mask[e, h]`` true exactly when edge ``e`` is in ``graphs[h]``."""
+    gs = _as_graphs(graphs)
+    if not gs:
+        raise ValueError("stack_heads: expected at least one graph, got none")
+    for p, g in enumerate(gs):
+        if g.head_mask is not None:
+            raise ValueError(f"stack_heads: expected graphs without a head layout, graphs[{p}] has one")
+    out = union(*gs)
+    code = _codes(out)
+    mask = torch.stack([_locate(_codes(g), code)[0] for g in gs], dim=1)
+    return AttentionGraph._trusted(out.edge_index, out.num_nodes, out.node_type, out.edge_label,
+                                   out.relative, mask)
+
+
+def schedule(graphs: Sequence[AttentionGraph]) -> tuple[AttentionGraph, ...]:
+    """A per-layer schedule: layer ``l`` attends over ``graphs[l]``. Checks that every layer has
+    the same nodes, and returns the schedule as a tuple (a plain list works wherever a schedule
+    is accepted; this is the validated form)."""
+    gs = _as_graphs(graphs)
+    if not gs:
+        raise ValueError("schedule: expected at least one graph, got none")
+    for p, g in enumerate(gs[1:], start=1):
+        if g.num_nodes != gs[0].num_nodes or not torch.equal(g.node_type, gs[0].node_type.to(g.device)):
+            raise ValueError(f"schedule: expected every layer over the same nodes, graphs[{p}] differs from graphs[0]")
+    return tuple(gs)

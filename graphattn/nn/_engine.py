@@ -1,0 +1,233 @@
+"""Exact attention over a tiling plan: forward, and a recomputing backward (internal).
+
+Forward, per part (a dense group chunk or a sparse chunk): scores, a part-local max ``m``, sum
+``l`` and unnormalised output; parts are merged into the running per-query ``(m, l, out)`` by
+the log-sum-exp rule, as flash attention merges key blocks. Only ``out`` and ``lse = m + log l``
+are kept for the backward, which recomputes every part's probabilities from ``lse`` (flash
+attention's backward: ``dS = P * (dP - rowsum(dO * O))``), so no ``[E, H, D]`` tensor and no
+``[E, H]`` probability tensor is ever stored. Each part's working set is bounded by the plan's
+chunking and by ``_CELLS`` below.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from graphattn._random import hash_uniform
+from graphattn.nn.plan import DenseGroup, SparseChunk, TilingPlan
+
+__all__ = ["GraphAttentionFunction", "attention_weights"]
+
+_CELLS = 1 << 20  # score cells per dense chunk (4 MB in fp32): a chunk's scores stay in cache
+
+
+def _dense_chunks(group: DenseGroup, tile: int, heads: int):
+    G, c = group.kblocks.shape
+    cells = tile * c * tile
+    step = max(1, _CELLS // (cells * heads))
+    for g0 in range(0, G, step):
+        g1 = min(G, g0 + step)
+        lo = int(torch.searchsorted(group.pos, g0 * cells))
+        hi = int(torch.searchsorted(group.pos, g1 * cells))
+        yield g0, g1, lo, hi
+
+
+def _dense_indices(group: DenseGroup, g0: int, g1: int, tile: int, nq: int, nk: int):
+    ar = torch.arange(tile, device=group.qblocks.device)
+    qidx = group.qblocks[g0:g1, None] * tile + ar  # [G, T]
+    kidx = (group.kblocks[g0:g1, :, None] * tile + ar).reshape(g1 - g0, -1)  # [G, cT]
+    return qidx.clamp_max(nq - 1), kidx.clamp_max(nk - 1), qidx, kidx
+
+
+def _dense_scores(q, k, group, g0, g1, lo, hi, qidx, kidx, bias, scale):
+    """Masked scores [G, H, T, cT] (-inf off the graph) of one dense chunk."""
+    Qg = q[qidx].transpose(1, 2)  # [G, H, T, D]
+    Kg = k[kidx].transpose(1, 2)  # [G, H, cT, D]
+    S = torch.matmul(Qg, Kg.transpose(-1, -2)).mul_(scale)
+    if bias is not None:
+        G, H, T, CT = S.shape
+        add = torch.zeros(G * T * CT, H, dtype=S.dtype, device=S.device)
+        add[group.pos[lo:hi] - g0 * T * CT] = bias[group.edge_id[lo:hi]].to(S.dtype)
+        S.add_(add.view(G, T, CT, H).permute(0, 3, 1, 2))
+    S.masked_fill_(~group.mask[g0:g1], float("-inf"))
+    return S, Qg, Kg
+
+
+def _keep_mask(key, q_ids, k_ids, num_keys, heads, p, shape_hqk):
+    """Dropout keep-mask from a counter-based hash of (query, key, head): reproducible in the
+    backward without storing it, identical on every device."""
+    code = q_ids[..., :, None] * num_keys + k_ids[..., None, :]  # [..., Q, K]
+    h = torch.arange(heads, device=code.device).view(1, heads, 1, 1)
+    bits = hash_uniform(key, code.unsqueeze(1), h)
+    return (bits >= int(p * 2**32)).view(shape_hqk)
+
+
+def _sparse_scores(q, k, chunk: SparseChunk, bias, scale):
+    """Scores [R, H, m] of one sparse chunk, -inf on padding."""
+    Qr = q[chunk.rows]  # [R, H, D]
+    Kr = k[chunk.keys]  # [R, m, H, D]
+    S = torch.einsum("rhd,rmhd->rhm", Qr, Kr).mul_(scale)
+    if bias is not None:
+        S.add_(bias[chunk.edge_id].to(S.dtype).transpose(1, 2))
+    S.masked_fill_(~chunk.valid, float("-inf"))
+    return S, Qr, Kr
+
+
+def _merge(out, m, l, rows, o_part, m_part, l_part):
+    """Merge a part's (unnormalised out, max, sum) for ``rows`` into the running state."""
+    m_old = m[rows]
+    m_new = torch.maximum(m_old, m_part)
+    safe = torch.where(torch.isinf(m_new), torch.zeros_like(m_new), m_new)
+    a = torch.exp(m_old - safe)
+    b = torch.exp(m_part - safe)
+    m[rows] = m_new
+    l[rows] = l[rows] * a + l_part * b
+    out[rows] = out[rows] * a[..., None] + o_part * b[..., None]
+
+
+def forward(q, k, v, bias, plan: TilingPlan, scale: float, dropout_p: float, drop_key: int):
+    nq, H = q.shape[0], q.shape[1]
+    nk, T = k.shape[0], plan.tile
+    acc = q.dtype
+    out = torch.zeros(nq, H, v.shape[-1], dtype=acc, device=q.device)
+    m = torch.full((nq, H), float("-inf"), dtype=acc, device=q.device)
+    l = torch.zeros(nq, H, dtype=acc, device=q.device)
+    for group in plan.dense:
+        for g0, g1, lo, hi in _dense_chunks(group, T, H):
+            qc, kc, qraw, kraw = _dense_indices(group, g0, g1, T, nq, nk)
+            S, _, _ = _dense_scores(q, k, group, g0, g1, lo, hi, qc, kc, bias, scale)
+            mp = S.amax(-1)  # [G, H, T]
+            safe = torch.where(torch.isinf(mp), torch.zeros_like(mp), mp)
+            P = S.sub_(safe[..., None]).exp_()
+            lp = P.sum(-1)
+            if dropout_p:
+                P = P * _keep_mask(drop_key, qraw, kraw, nk, H, dropout_p, P.shape) / (1 - dropout_p)
+            op = torch.matmul(P, v[kc].transpose(1, 2))  # [G, H, T, Dv]
+            # Every query block belongs to one dense group and dense parts run first, so a row's
+            # dense state is written, not merged; rows clamped from a partial block are dropped.
+            rows = qraw.reshape(-1)
+            ok = rows < nq
+            rows = rows[ok]
+            out[rows] = op.permute(0, 2, 1, 3).reshape(-1, H, op.shape[-1])[ok]
+            m[rows] = mp.permute(0, 2, 1).reshape(-1, H)[ok]
+            l[rows] = lp.permute(0, 2, 1).reshape(-1, H)[ok]
+    for chunk in plan.sparse:
+        S, _, _ = _sparse_scores(q, k, chunk, bias, scale)
+        mp = S.amax(-1)  # [R, H]
+        safe = torch.where(torch.isinf(mp), torch.zeros_like(mp), mp)
+        P = S.sub_(safe[..., None]).exp_()
+        lp = P.sum(-1)
+        if dropout_p:
+            P = P * _sparse_keep(drop_key, chunk, nk, H, dropout_p) / (1 - dropout_p)
+        op = torch.einsum("rhm,rmhd->rhd", P, v[chunk.keys])
+        _merge(out, m, l, chunk.rows, op, mp, lp)
+    lse = torch.where(l > 0, m + torch.log(l), torch.full_like(m, float("-inf")))
+    out = torch.where(l[..., None] > 0, out / l.clamp_min(torch.finfo(acc).tiny)[..., None], torch.zeros_like(out))
+    return out, lse
+
+
+def _sparse_keep(key, chunk, nk, heads, p):
+    code = chunk.rows[:, None] * nk + chunk.keys  # [R, m]
+    h = torch.arange(heads, device=code.device).view(1, heads, 1)
+    return hash_uniform(key, code.unsqueeze(1), h) >= int(p * 2**32)
+
+
+def backward(grad_out, q, k, v, bias, out, lse, plan: TilingPlan, scale, dropout_p, drop_key):
+    nq, H = q.shape[0], q.shape[1]
+    nk, T = k.shape[0], plan.tile
+    Dv = v.shape[-1]
+    dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    dbias = torch.zeros(plan.num_edges, H, dtype=q.dtype, device=q.device) if bias is not None else None
+    delta = (grad_out * out).sum(-1)  # [nq, H]
+    lse_safe = torch.where(torch.isinf(lse), torch.full_like(lse, float("inf")), lse)
+    for group in plan.dense:
+        for g0, g1, lo, hi in _dense_chunks(group, T, H):
+            qc, kc, qraw, kraw = _dense_indices(group, g0, g1, T, nq, nk)
+            S, Qg, Kg = _dense_scores(q, k, group, g0, g1, lo, hi, qc, kc, bias, scale)
+            L = lse_safe[qc].transpose(1, 2)  # [G, H, T]
+            P = S.sub_(L[..., None]).exp_()
+            P.masked_fill_(qraw[:, None, :, None] >= nq, 0.0)  # rows clamped from a partial block
+            dO = grad_out[qc].transpose(1, 2)  # [G, H, T, Dv]
+            Vg = v[kc].transpose(1, 2)
+            if dropout_p:
+                keep = _keep_mask(drop_key, qraw, kraw, nk, H, dropout_p, P.shape) / (1 - dropout_p)
+                Pd = P * keep
+            else:
+                Pd = P
+            dVg = torch.matmul(Pd.transpose(-1, -2), dO)  # [G, H, cT, Dv]
+            dv.index_add_(0, kc.reshape(-1), dVg.permute(0, 2, 1, 3).reshape(-1, H, Dv))
+            dP = torch.matmul(dO, Vg.transpose(-1, -2))
+            if dropout_p:
+                dP = dP * keep
+            dS = P.mul_(dP.sub_(delta[qc].transpose(1, 2)[..., None]))  # [G, H, T, cT]
+            if dbias is not None:
+                G, _, _, CT = dS.shape
+                flat = dS.permute(0, 2, 3, 1).reshape(-1, H)
+                dbias[group.edge_id[lo:hi]] = flat[group.pos[lo:hi] - g0 * T * CT]
+            dQg = torch.matmul(dS, Kg).mul_(scale)  # [G, H, T, D]
+            dq.index_add_(0, qc.reshape(-1), dQg.permute(0, 2, 1, 3).reshape(-1, H, q.shape[-1]))
+            dKg = torch.matmul(dS.transpose(-1, -2), Qg).mul_(scale)  # [G, H, cT, D]
+            dk.index_add_(0, kc.reshape(-1), dKg.permute(0, 2, 1, 3).reshape(-1, H, k.shape[-1]))
+    for chunk in plan.sparse:
+        S, Qr, Kr = _sparse_scores(q, k, chunk, bias, scale)
+        P = S.sub_(lse_safe[chunk.rows][..., None]).exp_()  # [R, H, m]
+        dO = grad_out[chunk.rows]  # [R, H, Dv]
+        Vr = v[chunk.keys]  # [R, m, H, Dv]
+        if dropout_p:
+            keep = _sparse_keep(drop_key, chunk, nk, H, dropout_p) / (1 - dropout_p)
+            Pd = P * keep
+        else:
+            Pd = P
+        dv.index_add_(0, chunk.keys.reshape(-1), torch.einsum("rhm,rhd->rmhd", Pd, dO).reshape(-1, H, Dv))
+        dP = torch.einsum("rhd,rmhd->rhm", dO, Vr)
+        if dropout_p:
+            dP = dP * keep
+        dS = P.mul_(dP.sub_(delta[chunk.rows][..., None]))
+        if dbias is not None:
+            # Padding points at edge 0 with a zero gradient; index_add_ accumulates, so the real
+            # edge 0 keeps its value.
+            dbias.index_add_(0, chunk.edge_id.reshape(-1), torch.where(
+                chunk.valid, dS, torch.zeros_like(dS)).transpose(1, 2).reshape(-1, H))
+        dq.index_add_(0, chunk.rows, torch.einsum("rhm,rmhd->rhd", dS, Kr).mul_(scale))
+        dk.index_add_(0, chunk.keys.reshape(-1), torch.einsum("rhm,rhd->rmhd", dS, Qr).mul_(scale).reshape(
+            -1, H, k.shape[-1]))
+    return dq, dk, dv, dbias
+
+
+class GraphAttentionFunction(torch.autograd.Function):
+    """``out = softmax_over_edges(q k^T * scale + bias) v`` with a recomputing backward."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, bias, plan, scale, dropout_p, drop_key):
+        out, lse = forward(q, k, v, bias, plan, scale, dropout_p, drop_key)
+        ctx.save_for_backward(q, k, v, bias, out, lse)
+        ctx.plan, ctx.scale, ctx.dropout_p, ctx.drop_key = plan, scale, dropout_p, drop_key
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_lse):
+        q, k, v, bias, out, lse = ctx.saved_tensors
+        dq, dk, dv, dbias = backward(grad_out.contiguous(), q, k, v, bias, out, lse, ctx.plan,
+                                     ctx.scale, ctx.dropout_p, ctx.drop_key)
+        return dq, dk, dv, (dbias if ctx.needs_input_grad[3] else None), None, None, None, None
+
+
+def attention_weights(q, k, bias, scale, lse, edge_index, head_mask=None) -> torch.Tensor:
+    """Softmax weights ``[E, H]`` of every edge (before dropout), from the forward's lse.
+
+    Computed per edge in chunks by gathering ``q[i]`` and ``k[j]``: O(E * H * D) work, O(chunk)
+    extra memory. Not differentiable (the returned tensor is detached)."""
+    E = edge_index.shape[1]
+    H = q.shape[1]
+    w = torch.empty(E, H, dtype=q.dtype, device=q.device)
+    step = max(1, (1 << 22) // max(1, H * q.shape[-1]))
+    with torch.no_grad():
+        for e0 in range(0, E, step):
+            j, i = edge_index[0, e0:e0 + step], edge_index[1, e0:e0 + step]
+            s = (q[i] * k[j]).sum(-1) * scale
+            if bias is not None:
+                s = s + bias[e0:e0 + step].to(s.dtype)
+            w[e0:e0 + step] = torch.exp(s - lse[i])
+        if head_mask is not None:
+            w.masked_fill_(~head_mask, 0.0)
+    return w

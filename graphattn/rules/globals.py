@@ -1,0 +1,63 @@
+"""Global attention: chosen existing tokens (ITC) or appended global nodes (ETC)."""
+
+from __future__ import annotations
+
+import torch
+
+from graphattn._validate import check_index_list, check_int, check_query_range
+from graphattn.graph import AttentionGraph, EdgeLabel, NodeType
+from graphattn.rules._build import coalesce, token_types
+
+__all__ = ["global_tokens", "global_nodes"]
+
+
+def global_tokens(n: int, *, indices, queries: range | None = None) -> AttentionGraph:
+    """Internal transformer construction (ITC; Longformer, BigBird): the chosen tokens attend
+    every token and are attended by every token; every token keeps its self-loop.
+
+    Edge set: ``i`` attends ``j`` iff ``i`` or ``j`` is in ``indices``, or ``i == j``.
+    Keys per query: ``n`` for a global row, ``g + 1`` elsewhere (``g = len(indices)``).
+
+    >>> global_tokens(4, indices=[0]).keys_per_query().tolist()
+    [4, 2, 2, 2]
+    """
+    n = check_int("n", n, minimum=0)
+    glob = check_index_list("indices", indices, size=n)
+    start, stop = check_query_range(queries, n)
+    rows = torch.arange(start, stop)
+    is_glob = torch.zeros(n, dtype=torch.bool)
+    is_glob[glob] = True
+    plain = rows[~is_glob[rows]]
+    g_rows = rows[is_glob[rows]]
+    # Plain rows: the globals plus the row itself; global rows: every token.
+    key = torch.cat([
+        torch.cat([glob.expand(plain.numel(), -1), plain[:, None]], dim=1).reshape(-1),
+        torch.arange(n).repeat(g_rows.numel()),
+    ])
+    query = torch.cat([plain.repeat_interleave(glob.numel() + 1), g_rows.repeat_interleave(n)])
+    return coalesce(key, query, n, label=EdgeLabel.GLOBAL)
+
+
+def global_nodes(n: int, *, count: int, queries: range | None = None) -> AttentionGraph:
+    """Extended transformer construction (ETC; Ainslie et al., 2020; BigBird-ETC): ``count`` new
+    global nodes ``n .. n+count-1`` (type GLOBAL) attend every node and are attended by every
+    token; every token keeps its self-loop.
+
+    Keys per query: ``count + 1`` for a token, ``n + count`` for a global node.
+
+    >>> g = global_nodes(3, count=1)
+    >>> g.num_nodes, g.keys_per_query().tolist()
+    (4, [2, 2, 2, 4])
+    """
+    n = check_int("n", n, minimum=0)
+    count = check_int("count", count, minimum=0)
+    total = n + count
+    start, stop = check_query_range(queries, total)
+    tok = torch.arange(min(start, n), min(stop, n))
+    glob_rows = torch.arange(max(start, n), max(stop, n))
+    # Token rows: self-loop, then the globals (all > n > token): already sorted.
+    tok_keys = torch.cat([tok[:, None], torch.arange(n, total).expand(tok.numel(), -1)], dim=1)
+    key = torch.cat([tok_keys.reshape(-1), torch.arange(total).repeat(glob_rows.numel())])
+    query = torch.cat([tok.repeat_interleave(count + 1), glob_rows.repeat_interleave(total)])
+    node_type = torch.cat([token_types(n), torch.full((count,), int(NodeType.GLOBAL), dtype=torch.int8)])
+    return AttentionGraph._trusted(torch.stack([key, query]), total, node_type, EdgeLabel.GLOBAL)

@@ -1,0 +1,49 @@
+"""Longformer (Beltagy et al., 2020): sliding or dilated window plus global tokens."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Sequence
+
+from graphattn._validate import check_index_list, check_int, check_query_range
+from graphattn.compose import stack_heads
+from graphattn.graph import AttentionGraph
+from graphattn.rules.globals import global_tokens
+from graphattn.rules.position import dilated
+
+__all__ = ["longformer"]
+
+
+def longformer(n: int, *, radius: int, dilation: int | Sequence[int] = 1, global_indices=(),
+               queries: range | None = None) -> AttentionGraph:
+    """Longformer attention: a (dilated) band of ``radius`` plus ITC global tokens.
+
+    Edge set: ``i`` attends ``j`` iff ``|i - j| <= radius * d`` and ``d | (i - j)``, or ``i`` or
+    ``j`` is in ``global_indices``. ``dilation`` is one int for all heads, or one int per head
+    (Longformer dilates some heads only): the graph then carries a head layout
+    (``head_mask[e, h]``). Keys per query: ``2*radius + 1 + g`` away from borders and globals
+    (``g = len(global_indices)``), ``n`` for a global row. A per-layer schedule (plain bands
+    below, dilated above) is a list of these graphs.
+
+    >>> g = longformer(8, radius=1, global_indices=[0])
+    >>> g.keys_per_query().tolist()
+    [8, 3, 4, 4, 4, 4, 4, 3]
+    >>> longformer(8, radius=1, dilation=[1, 2]).num_heads
+    2
+    """
+    n = check_int("n", n, minimum=0)
+    radius = check_int("radius", radius, minimum=0)
+    check_query_range(queries, n)
+    per_head = isinstance(dilation, Sequence) and not isinstance(dilation, (str, bytes))
+    if not per_head and (isinstance(dilation, bool) or not isinstance(dilation, numbers.Integral)):
+        raise TypeError(f"expected dilation to be an int or a sequence of ints (one per head), "
+                        f"got {type(dilation).__name__} {dilation!r}")
+    dilations = list(dilation) if per_head else [dilation]
+    if per_head and not dilations:
+        raise ValueError("expected dilation to be an int or a non-empty sequence of ints, got []")
+    dilations = [check_int(f"dilation[{h}]" if per_head else "dilation", d, minimum=1)
+                 for h, d in enumerate(dilations)]
+    glob = check_index_list("global_indices", global_indices, size=n)
+    globals_ = global_tokens(n, indices=glob, queries=queries)
+    heads = [dilated(n, radius=radius, dilation=d, queries=queries) | globals_ for d in dilations]
+    return stack_heads(heads) if per_head else heads[0]

@@ -1,0 +1,190 @@
+import pytest
+import torch
+from reference import dense_attention, dense_bias, dense_mask
+
+from graphattn import AttentionGraph, compose, rules
+from graphattn.nn import graph_attention
+from graphattn.nn._engine import GraphAttentionFunction
+from graphattn.nn.plan import build_plan
+
+PLANS = [dict(tile=16, dense_threshold=0.25), dict(tile=64), dict(tile=8, dense_threshold=0.0),
+         dict(tile=16, dense_threshold=1.0)]  # mixed, default, all dense, (nearly) all sparse
+
+
+def graphs():
+    return {
+        "band": rules.band(301, radius=20),
+        "random": rules.random(203, keys_per_query=5, seed=1),
+        "bigbird": rules.bigbird(517, block=16, seed=0),
+        "mixed": rules.band(130, radius=40).without_self_loops() | rules.random(130, keys_per_query=3, seed=2),
+        "star": rules.star_transformer(37),  # embedding nodes have no keys
+        "bpt": rules.bp_transformer(45, k=2),
+        "n1": rules.full(1),
+        "erdos": rules.erdos_renyi(97, p=0.08, seed=3).without_self_loops(),  # may leave keyless rows
+    }
+
+
+def inputs(nq, nk, H=3, D=8, Dv=5, seed=0, dtype=torch.float32):
+    gen = torch.Generator().manual_seed(seed)
+    mk = lambda *s: torch.randn(*s, generator=gen, dtype=dtype).requires_grad_(True)  # noqa: E731
+    return mk(nq, H, D), mk(nk, H, D), mk(nk, H, Dv)
+
+
+def check_against_reference(q, k, v, edge_index, nq, nk, graph, bias=None, **opts):
+    out = graph_attention(q, k, v, graph, bias=bias, **opts)
+    qd, kd, vd = (t.detach().double().requires_grad_(True) for t in (q, k, v))
+    bd = None if bias is None else bias.detach().double().requires_grad_(True)
+    ref, _ = dense_attention(qd, kd, vd, dense_mask(edge_index, nq, nk),
+                             None if bd is None else dense_bias(edge_index, bd, nq, nk))
+    assert out.dtype == q.dtype
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+    go = torch.randn_like(ref)
+    ref.backward(go)
+    wrt = (q, k, v) + (() if bias is None else (bias,))
+    grads = torch.autograd.grad(out, wrt, go.to(out.dtype))
+    for g, r in zip(grads, (qd, kd, vd) + (() if bd is None else (bd,))):
+        # relative to the gradient's magnitude, plus fp32 round-off where it is exactly zero
+        err = float((g.double() - r.grad).abs().max())
+        assert err < 1e-5 * float(r.grad.abs().max()) + 1e-6
+
+
+@pytest.mark.parametrize("name", list(graphs()))
+@pytest.mark.parametrize("opts", PLANS, ids=["mixed", "default", "dense", "sparse"])
+def test_matches_dense_reference(name, opts):
+    g = graphs()[name]
+    q, k, v = inputs(g.num_nodes, g.num_nodes)
+    gen = torch.Generator().manual_seed(5)
+    bias = torch.randn(g.num_edges, 3, generator=gen).requires_grad_(True)
+    check_against_reference(q, k, v, g.edge_index, g.num_nodes, g.num_nodes, g, **opts)
+    check_against_reference(q, k, v, g.edge_index, g.num_nodes, g.num_nodes, g, bias=bias, **opts)
+
+
+@pytest.mark.parametrize("opts", PLANS[:3], ids=["mixed", "default", "dense"])
+def test_bipartite_cross_attention(opts):
+    nq, nk = 70, 123
+    gen = torch.Generator().manual_seed(0)
+    mask = torch.rand(nq, nk, generator=gen) < 0.2
+    mask[:, 40:72] |= True  # a dense stripe so the tiles path runs too
+    mask[3] = False  # a query with no keys
+    key, query = mask.t().nonzero(as_tuple=True)
+    ei = torch.stack([key, query])
+    ei = ei[:, torch.argsort(ei[1] * nk + ei[0])]
+    q, k, v = inputs(nq, nk)
+    check_against_reference(q, k, v, ei, nq, nk, ei, **opts)
+    out = graph_attention(q, k, v, ei, **opts)
+    assert torch.all(out[3] == 0)
+
+
+def test_keyless_queries_are_zero_with_finite_gradients():
+    g = rules.star_transformer(6)  # embedding nodes 6..11 attend nothing
+    q, k, v = inputs(g.num_nodes, g.num_nodes)
+    out = graph_attention(q, k, v, g)
+    assert torch.all(out[6:12] == 0) and torch.isfinite(out).all()
+    out.sum().backward()
+    assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
+    empty = torch.empty(2, 0, dtype=torch.long)
+    assert torch.all(graph_attention(q, k, v, empty) == 0)
+
+
+def test_return_weights_match_dense_softmax():
+    g = rules.bigbird(200, block=8, seed=1)
+    q, k, v = inputs(200, 200)
+    out, w = graph_attention(q, k, v, g, return_weights=True)
+    _, p = dense_attention(q, k, v, g.to_dense())
+    ref = p[:, g.edge_index[1], g.edge_index[0]].t()
+    torch.testing.assert_close(w.double(), ref, rtol=1e-5, atol=1e-6)
+    sums = torch.zeros(200, 3, dtype=torch.float64).index_add_(0, g.edge_index[1], w.double())
+    torch.testing.assert_close(sums, torch.ones_like(sums), rtol=1e-5, atol=1e-6)  # fp32 weights
+
+
+def test_per_head_layout_matches_separate_heads():
+    heads = [rules.band(90, radius=3), rules.dilated(90, radius=3, dilation=4), rules.random(90, keys_per_query=6, seed=0)]
+    g = compose.stack_heads(heads)
+    q, k, v = inputs(90, 90)
+    out, w = graph_attention(q, k, v, g, return_weights=True)
+    for h, gh in enumerate(heads):
+        ref = graph_attention(q[:, h:h + 1], k[:, h:h + 1], v[:, h:h + 1], gh)
+        torch.testing.assert_close(out[:, h], ref[:, 0], rtol=1e-5, atol=1e-6)
+    assert torch.all(w[~g.head_mask] == 0)
+    mask = torch.stack([gh.to_dense() for gh in heads])
+    ref, _ = dense_attention(q, k, v, mask)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_gradcheck_float64_dense_and_sparse_paths():
+    g = rules.band(11, radius=2) | rules.random(11, keys_per_query=2, seed=0)
+    for opts in (dict(tile=4, dense_threshold=0.3), dict(tile=4, dense_threshold=1.0)):
+        q, k, v = inputs(11, 11, H=2, D=3, Dv=2, dtype=torch.float64)
+        bias = torch.randn(g.num_edges, 2, dtype=torch.float64, requires_grad=True)
+        fn = lambda q, k, v, b: graph_attention(q, k, v, g, bias=b, **opts)  # noqa: E731
+        assert torch.autograd.gradcheck(fn, (q, k, v, bias))
+
+
+def test_gradcheck_with_dropout_replayed():
+    g = rules.band(9, radius=3)
+    plan = build_plan(g.edge_index, 9, 9, tile=4, dense_threshold=0.5)
+    q, k, v = inputs(9, 9, H=2, D=3, Dv=2, dtype=torch.float64)
+    fn = lambda q, k, v: GraphAttentionFunction.apply(q, k, v, None, plan, 0.5, 0.3, 1234)[0]  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (q, k, v))
+
+
+def test_dropout_drops_the_right_fraction_and_rescales():
+    n = 64
+    g = rules.full(n)
+    q, k, _ = inputs(n, n, H=2)
+    v = torch.eye(n).unsqueeze(1).expand(n, 2, n).contiguous()  # out[i, h, j] = P'_ij
+    torch.manual_seed(0)
+    out = graph_attention(q, k, v, g, dropout_p=0.25)
+    _, p = dense_attention(q, k, v, g.to_dense())
+    p = p.permute(1, 0, 2).float()  # [i, h, j]
+    kept = out != 0
+    frac = 1 - kept.float().mean().item()
+    assert abs(frac - 0.25) < 0.02
+    torch.testing.assert_close(out[kept], p[kept] / 0.75, rtol=1e-4, atol=1e-6)
+    torch.manual_seed(0)
+    assert torch.equal(graph_attention(q, k, v, g, dropout_p=0.25), out)  # seeded: reproducible
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.float16])
+def test_dtypes(dtype):
+    g = rules.band(50, radius=4)
+    q, k, v = inputs(50, 50, dtype=dtype)
+    out = graph_attention(q, k, v, g)
+    assert out.dtype == dtype
+    ref, _ = dense_attention(q, k, v, g.to_dense())
+    tol = 1e-10 if dtype == torch.float64 else 2e-2
+    torch.testing.assert_close(out.double(), ref, rtol=tol, atol=tol)
+
+
+def test_plan_is_cached_on_graph():
+    g = rules.band(100, radius=5)
+    q, k, v = inputs(100, 100)
+    graph_attention(q, k, v, g)
+    plans = [val for key, val in g._cache.items() if key[0] == "plan"]
+    graph_attention(q, k, v, g)
+    assert [val for key, val in g._cache.items() if key[0] == "plan"] == plans and len(plans) == 1
+
+
+def test_errors():
+    g = rules.band(10, radius=1)
+    q, k, v = inputs(10, 10)
+    with pytest.raises(ValueError, match="num_nodes = 10"):
+        graph_attention(q[:9], k[:9], v[:9], g)
+    with pytest.raises(ValueError, match=r"shape \[N, H, D\]"):
+        graph_attention(q[0], k, v, g)
+    with pytest.raises(TypeError, match="floating"):
+        graph_attention(q.long(), k, v, g)
+    with pytest.raises(ValueError, match="bias of shape"):
+        graph_attention(q, k, v, g, bias=torch.zeros(3, 3))
+    with pytest.raises(ValueError, match="queries"):
+        graph_attention(q, k, v, torch.tensor([[0], [10]]))
+    with pytest.raises(ValueError, match="keys"):
+        graph_attention(q, k, v, torch.tensor([[11], [0]]))
+    with pytest.raises(ValueError, match="unique"):
+        graph_attention(q, k, v, torch.tensor([[1, 0, 1], [0, 0, 0]]))
+    with pytest.raises(ValueError, match="dropout_p"):
+        graph_attention(q, k, v, g, dropout_p=1.5)
+    with pytest.raises(TypeError, match="AttentionGraph or an edge_index"):
+        graph_attention(q, k, v, "band")
+    with pytest.raises(ValueError, match="num_queries = 5"):
+        graph_attention(q, k, v, g, num_queries=5)
