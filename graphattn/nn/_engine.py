@@ -1,8 +1,9 @@
 """Exact attention over a tiling plan: forward, and a recomputing backward (internal).
 
-Forward, per part (a dense group chunk or a sparse chunk): scores, a part-local max ``m``, sum
-``l`` and unnormalised output; parts are merged into the running per-query ``(m, l, out)`` by
-the log-sum-exp rule, as flash attention merges key blocks. Only ``out`` and ``lse = m + log l``
+Forward, per part (a chunk of a dense group: tile matmuls; the sparse CSR part: torch's
+``sampled_addmm`` and ``spmm`` kernels, per head): scores, a part-local max ``m``, sum ``l`` and
+unnormalised output; parts are merged into the running per-query ``(m, l, out)`` by the
+log-sum-exp rule, as flash attention merges key blocks. Only ``out`` and ``lse = m + log l``
 are kept for the backward, which recomputes every part's probabilities from ``lse`` (flash
 attention's backward: ``dS = P * (dP - rowsum(dO * O))``), so no ``[E, H, D]`` tensor and no
 ``[E, H]`` probability tensor is ever stored. Each part's working set is bounded by the plan's
@@ -14,7 +15,9 @@ from __future__ import annotations
 import torch
 
 from graphattn._random import hash_uniform
-from graphattn.nn.plan import DenseGroup, SparseChunk, TilingPlan
+import warnings
+
+from graphattn.nn.plan import DenseGroup, SparsePart, TilingPlan
 
 __all__ = ["GraphAttentionFunction", "attention_weights"]
 
@@ -62,15 +65,46 @@ def _keep_mask(key, q_ids, k_ids, num_keys, heads, p, shape_hqk):
     return (bits >= int(p * 2**32)).view(shape_hqk)
 
 
-def _sparse_scores(q, k, chunk: SparseChunk, bias, scale):
-    """Scores [R, H, m] of one sparse chunk, -inf on padding."""
-    Qr = q[chunk.rows]  # [R, H, D]
-    Kr = k[chunk.keys]  # [R, m, H, D]
-    S = torch.einsum("rhd,rmhd->rhm", Qr, Kr).mul_(scale)
-    if bias is not None:
-        S.add_(bias[chunk.edge_id].to(S.dtype).transpose(1, 2))
-    S.masked_fill_(~chunk.valid, float("-inf"))
-    return S, Qr, Kr
+def _csr(crow, col, values, shape):
+    with warnings.catch_warnings():  # "sparse CSR support is in beta": we rely on stable ops only
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
+
+
+class _SparseCall:
+    """Per-call state of the CSR part: heads-major contiguous operands and the edge rows."""
+
+    def __init__(self, part: SparsePart, q, k, nq: int, nk: int):
+        self.part, self.nq, self.nk = part, nq, nk
+        self.lengths = part.crow.diff()
+        self.rows = torch.repeat_interleave(torch.arange(nq, device=q.device), self.lengths,
+                                            output_size=part.col.numel())
+        self.qh = q.transpose(0, 1).contiguous()  # [H, Nq, D]
+        self.kh = k.transpose(0, 1).contiguous()  # [H, Nk, D]
+        # Zeros, not empty: sampled_addmm with beta=0 still propagates NaN from its input values.
+        self.pattern = _csr(part.crow, part.col, torch.zeros(part.col.numel(), dtype=q.dtype, device=q.device),
+                            (nq, nk))
+
+    def scores(self, h: int, bias, scale) -> torch.Tensor:
+        """Scores of the sparse edges for head ``h`` (``-inf`` where the head layout excludes)."""
+        s = torch.sparse.sampled_addmm(self.pattern, self.qh[h], self.kh[h].t(), beta=0.0, alpha=scale).values()
+        if bias is not None:
+            s = s + bias[self.part.edge_id, h]
+        if self.part.head_allowed.numel():
+            s = s.masked_fill(~self.part.head_allowed[:, h], float("-inf"))
+        return s
+
+    def matmul(self, values, dense) -> torch.Tensor:
+        """``csr(values) @ dense``: ``[Nq, Nk] x [Nk, X]``."""
+        return _csr(self.part.crow, self.part.col, values, (self.nq, self.nk)) @ dense
+
+    def matmul_t(self, values, dense) -> torch.Tensor:
+        """``csr(values)^T @ dense``: ``[Nk, Nq] x [Nq, X]`` through the stored transpose."""
+        return _csr(self.part.t_crow, self.part.t_col, values[self.part.t_perm], (self.nk, self.nq)) @ dense
+
+    def keep(self, key, h, p) -> torch.Tensor:
+        code = self.rows * self.nk + self.part.col
+        return (hash_uniform(key, code, h) >= int(p * 2**32)).to(self.qh.dtype) / (1 - p)
 
 
 def _merge(out, m, l, rows, o_part, m_part, l_part):
@@ -111,25 +145,31 @@ def forward(q, k, v, bias, plan: TilingPlan, scale: float, dropout_p: float, dro
             out[rows] = op.permute(0, 2, 1, 3).reshape(-1, H, op.shape[-1])[ok]
             m[rows] = mp.permute(0, 2, 1).reshape(-1, H)[ok]
             l[rows] = lp.permute(0, 2, 1).reshape(-1, H)[ok]
-    for chunk in plan.sparse:
-        S, _, _ = _sparse_scores(q, k, chunk, bias, scale)
-        mp = S.amax(-1)  # [R, H]
-        safe = torch.where(torch.isinf(mp), torch.zeros_like(mp), mp)
-        P = S.sub_(safe[..., None]).exp_()
-        lp = P.sum(-1)
-        if dropout_p:
-            P = P * _sparse_keep(drop_key, chunk, nk, H, dropout_p) / (1 - dropout_p)
-        op = torch.einsum("rhm,rmhd->rhd", P, v[chunk.keys])
-        _merge(out, m, l, chunk.rows, op, mp, lp)
+    if plan.sparse is not None:
+        sp = _SparseCall(plan.sparse, q, k, nq, nk)
+        Dv = v.shape[-1]
+        o_s = torch.empty(nq, H, Dv, dtype=acc, device=q.device)
+        m_s = torch.empty(nq, H, dtype=acc, device=q.device)
+        l_s = torch.empty(nq, H, dtype=acc, device=q.device)
+        vh = v.transpose(0, 1).contiguous()
+        for h in range(H):
+            s = sp.scores(h, bias, scale)
+            mx = torch.segment_reduce(s, "max", lengths=sp.lengths)  # -inf on rows without edges
+            safe = torch.where(torch.isinf(mx), torch.zeros_like(mx), mx)
+            e = torch.exp_(s - safe[sp.rows])
+            l_s[:, h] = torch.segment_reduce(e, "sum", lengths=sp.lengths)
+            m_s[:, h] = mx
+            if dropout_p:
+                e = e * sp.keep(drop_key, h, dropout_p)
+            o_s[:, h] = sp.matmul(e, vh[h])
+        if plan.dense:
+            _merge(out, m, l, slice(None), o_s, m_s, l_s)
+        else:
+            out, m, l = o_s, m_s, l_s
     lse = torch.where(l > 0, m + torch.log(l), torch.full_like(m, float("-inf")))
-    out = torch.where(l[..., None] > 0, out / l.clamp_min(torch.finfo(acc).tiny)[..., None], torch.zeros_like(out))
+    # Rows without keys have l == 0 and out == 0: dividing by 1 there leaves the zeros.
+    out.div_(torch.where(l > 0, l, torch.ones_like(l))[..., None])
     return out, lse
-
-
-def _sparse_keep(key, chunk, nk, heads, p):
-    code = chunk.rows[:, None] * nk + chunk.keys  # [R, m]
-    h = torch.arange(heads, device=code.device).view(1, heads, 1)
-    return hash_uniform(key, code.unsqueeze(1), h) >= int(p * 2**32)
 
 
 def backward(grad_out, q, k, v, bias, out, lse, plan: TilingPlan, scale, dropout_p, drop_key):
@@ -168,29 +208,24 @@ def backward(grad_out, q, k, v, bias, out, lse, plan: TilingPlan, scale, dropout
             dq.index_add_(0, qc.reshape(-1), dQg.permute(0, 2, 1, 3).reshape(-1, H, q.shape[-1]))
             dKg = torch.matmul(dS.transpose(-1, -2), Qg).mul_(scale)  # [G, H, cT, D]
             dk.index_add_(0, kc.reshape(-1), dKg.permute(0, 2, 1, 3).reshape(-1, H, k.shape[-1]))
-    for chunk in plan.sparse:
-        S, Qr, Kr = _sparse_scores(q, k, chunk, bias, scale)
-        P = S.sub_(lse_safe[chunk.rows][..., None]).exp_()  # [R, H, m]
-        dO = grad_out[chunk.rows]  # [R, H, Dv]
-        Vr = v[chunk.keys]  # [R, m, H, Dv]
-        if dropout_p:
-            keep = _sparse_keep(drop_key, chunk, nk, H, dropout_p) / (1 - dropout_p)
-            Pd = P * keep
-        else:
-            Pd = P
-        dv.index_add_(0, chunk.keys.reshape(-1), torch.einsum("rhm,rhd->rmhd", Pd, dO).reshape(-1, H, Dv))
-        dP = torch.einsum("rhd,rmhd->rhm", dO, Vr)
-        if dropout_p:
-            dP = dP * keep
-        dS = P.mul_(dP.sub_(delta[chunk.rows][..., None]))
-        if dbias is not None:
-            # Padding points at edge 0 with a zero gradient; index_add_ accumulates, so the real
-            # edge 0 keeps its value.
-            dbias.index_add_(0, chunk.edge_id.reshape(-1), torch.where(
-                chunk.valid, dS, torch.zeros_like(dS)).transpose(1, 2).reshape(-1, H))
-        dq.index_add_(0, chunk.rows, torch.einsum("rhm,rmhd->rhd", dS, Kr).mul_(scale))
-        dk.index_add_(0, chunk.keys.reshape(-1), torch.einsum("rhm,rhd->rmhd", dS, Qr).mul_(scale).reshape(
-            -1, H, k.shape[-1]))
+    if plan.sparse is not None:
+        sp = _SparseCall(plan.sparse, q, k, nq, nk)
+        vh = v.transpose(0, 1).contiguous()
+        for h in range(H):
+            s = sp.scores(h, bias, scale)
+            P = torch.exp(s - lse_safe[sp.rows, h])
+            keep = sp.keep(drop_key, h, dropout_p) if dropout_p else None
+            Pd = P if keep is None else P * keep
+            dO = grad_out[:, h].contiguous()
+            dv[:, h] += sp.matmul_t(Pd, dO)
+            dP = torch.sparse.sampled_addmm(sp.pattern, dO, vh[h].t(), beta=0.0).values()
+            if keep is not None:
+                dP = dP * keep
+            dS = P * (dP - delta[sp.rows, h])
+            if dbias is not None:
+                dbias[plan.sparse.edge_id, h] = dS
+            dq[:, h] += sp.matmul(dS, sp.kh[h]) * scale
+            dk[:, h] += sp.matmul_t(dS, sp.qh[h]) * scale
     return dq, dk, dv, dbias
 
 

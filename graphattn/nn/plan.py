@@ -4,8 +4,9 @@ The adjacency (queries x keys) is cut into ``tile x tile`` tiles. A tile holding
 ``dense_threshold`` of its possible edges is *dense*: it runs as a dense tile matmul with an
 in-tile mask. Every query block's dense tiles form one row of key tiles; query blocks with the
 same number of dense tiles are batched into a :class:`DenseGroup`. The remaining edges are
-*sparse*: their queries are sorted by key count and cut into :class:`SparseChunk` s of padded
-``[rows, max keys]`` key lists, a CSR gather with bounded padding.
+*sparse*: they form one CSR matrix (:class:`SparsePart`) that runs through torch's sparse
+kernels (``sampled_addmm`` for scores, ``spmm`` for outputs and gradients), which never
+gather a per-edge ``[E, H, D]`` tensor.
 
 Band, dilated, block, global, BigBird, Longformer, Star and sorted bucket graphs are almost all
 dense tiles; an arbitrary GNN or random graph is almost all sparse edges. The plan only holds
@@ -22,7 +23,7 @@ import torch
 
 from graphattn._validate import check_float, check_int
 
-__all__ = ["DenseGroup", "SparseChunk", "TilingPlan", "build_plan", "get_plan"]
+__all__ = ["DenseGroup", "SparsePart", "TilingPlan", "build_plan", "get_plan"]
 
 
 @dataclass
@@ -43,17 +44,23 @@ class DenseGroup:
 
 
 @dataclass
-class SparseChunk:
-    """Queries with few keys each, padded to ``[R, m]`` key lists.
+class SparsePart:
+    """The edges outside dense tiles as a CSR matrix ``[Nq, Nk]`` (rows are queries), for the
+    sparse kernels (``sampled_addmm``, ``spmm``), plus its transpose for the backward.
 
-    rows: ``[R]`` query ids (unique). keys, edge_id: ``[R, m]`` (padding 0).
-    valid: bool ``[R, Hm, m]``.
+    crow ``[Nq + 1]``, col ``[Es]`` (keys), edge_id ``[Es]`` (index into the graph's edges);
+    t_crow ``[Nk + 1]``, t_col ``[Es]`` (queries), t_perm ``[Es]``: the CSR of the transpose
+    holds the values ``values[t_perm]``. head_allowed: bool ``[Es, H]`` for a per-head layout,
+    else an empty tensor.
     """
 
-    rows: torch.Tensor
-    keys: torch.Tensor
+    crow: torch.Tensor
+    col: torch.Tensor
     edge_id: torch.Tensor
-    valid: torch.Tensor
+    t_crow: torch.Tensor
+    t_col: torch.Tensor
+    t_perm: torch.Tensor
+    head_allowed: torch.Tensor
 
 
 @dataclass
@@ -64,11 +71,15 @@ class TilingPlan:
     tile: int
     num_heads: int | None
     dense: list[DenseGroup] = field(default_factory=list)
-    sparse: list[SparseChunk] = field(default_factory=list)
+    sparse: SparsePart | None = None
 
     @property
     def dense_edges(self) -> int:
         return sum(int(g.pos.numel()) for g in self.dense)
+
+    @property
+    def sparse_edges(self) -> int:
+        return 0 if self.sparse is None else int(self.sparse.col.numel())
 
     @property
     def dense_tiles(self) -> int:
@@ -79,12 +90,12 @@ class TilingPlan:
             return type(obj)(**{f.name: getattr(obj, f.name).to(device) for f in fields(obj)})
 
         return TilingPlan(self.num_queries, self.num_keys, self.num_edges, self.tile, self.num_heads,
-                          [move(g) for g in self.dense], [move(c) for c in self.sparse])
+                          [move(g) for g in self.dense], None if self.sparse is None else move(self.sparse))
 
     def __repr__(self) -> str:
         return (f"TilingPlan(queries={self.num_queries}, keys={self.num_keys}, edges={self.num_edges}, "
                 f"tile={self.tile}, dense_tiles={self.dense_tiles}, dense_edges={self.dense_edges}, "
-                f"groups={len(self.dense)}, sparse_chunks={len(self.sparse)})")
+                f"groups={len(self.dense)}, sparse_edges={self.sparse_edges})")
 
 
 def _exclusive_cumsum(x: torch.Tensor) -> torch.Tensor:
@@ -101,14 +112,12 @@ def build_plan(
     head_mask: torch.Tensor | None = None,
     tile: int = 64,
     dense_threshold: float = 0.25,
-    sparse_chunk: int = 1 << 12,
 ) -> TilingPlan:
     """Build the plan of an edge list (row 0 keys, row 1 queries; any order, unique edges).
 
     ``dense_threshold``: the fraction of a tile's cells that must be edges for the tile to run
     densely (a dense tile costs ``tile**2`` score cells, a sparse edge about 4-8 cells' worth of
-    gather work, hence a default of 1/4). ``sparse_chunk``: padded ``rows x keys`` cells per
-    sparse chunk (bounds the engine's per-chunk working set).
+    sparse-kernel work, hence a default of 1/4).
     """
     tile = check_int("tile", tile, minimum=1)
     dense_threshold = check_float("dense_threshold", dense_threshold, minimum=0.0, maximum=1.0)
@@ -178,123 +187,18 @@ def build_plan(
                 mask.view(-1)[(flat + (g_pos % cells)[:, None]).reshape(-1)] = head_mask[g_eid].reshape(-1)
             plan.dense.append(DenseGroup(members, kblocks, g_pos, g_eid, mask))
 
-    # ---- sparse edges: queries sorted by key count, chunks of padded key lists.
+    # ---- sparse edges: CSR by (query, key) and the CSR of the transpose.
     s_eid = (~edge_dense).nonzero().flatten()
     if s_eid.numel():
-        s_q = query[s_eid]
-        order = torch.sort(s_q * max(num_keys, 1) + key[s_eid]).indices  # CSR by (query, key)
-        s_eid, s_q = s_eid[order], s_q[order]
-        rows, deg = torch.unique_consecutive(s_q, return_counts=True)
-        start = _exclusive_cumsum(deg)[:-1]
-        by_deg = torch.sort(deg, stable=True).indices
-        rows, deg, start = rows[by_deg], deg[by_deg], start[by_deg]
-        # Quarter-octave degree bins bound the padding to < 19%; each bin is cut into chunks of
-        # about `sparse_chunk` padded cells.
-        bins = torch.ceil(torch.log2(deg.double()) * 4).long()
-        ub, ub_counts = torch.unique_consecutive(bins, return_counts=True)
-        b_first = _exclusive_cumsum(ub_counts).tolist()
-        for b0, b1 in zip(b_first[:-1], b_first[1:]):
-            m = int(deg[b1 - 1])
-            step = max(1, sparse_chunk // m)
-            cols = torch.arange(m, device=device)
-            for r0 in range(b0, b1, step):
-                r1 = min(r0 + step, b1)
-                valid = cols[None, :] < deg[r0:r1, None]
-                eid = s_eid[torch.where(valid, start[r0:r1, None] + cols, 0)]
-                keys = torch.where(valid, key[eid], 0)
-                eid = torch.where(valid, eid, 0)
-                v = valid[:, None, :]
-                if heads is not None:
-                    v = v & head_mask[eid].transpose(1, 2)
-                plan.sparse.append(SparseChunk(rows[r0:r1], keys, eid, v))
-    return plan
-
-    qb, kb = query // tile, key // tile
-    tile_id = qb * KB + kb
-    uniq, inverse, counts = torch.unique(tile_id, return_inverse=True, return_counts=True)
-    u_qb, u_kb = uniq // KB, uniq % KB
-    rows_in = (num_queries - u_qb * tile).clamp_max(tile)
-    cols_in = (num_keys - u_kb * tile).clamp_max(tile)
-    is_dense = counts >= dense_threshold * rows_in * cols_in
-    edge_dense = is_dense[inverse]
-
-    # ---- dense tiles: per query block, its dense key tiles in increasing order (uniq is sorted
-    # by (qb, kb)); group query blocks by their dense-tile count.
-    d_qb, d_kb = u_qb[is_dense], u_kb[is_dense]
-    if d_qb.numel():
-        blocks, per_block = torch.unique_consecutive(d_qb, return_counts=True)
-        first = _exclusive_cumsum(per_block)
-        slot = torch.arange(d_qb.numel(), device=device) - torch.repeat_interleave(first[:-1], per_block)
-        tile_slot = torch.full((uniq.numel(),), -1, dtype=torch.int64, device=device)
-        tile_slot[is_dense.nonzero().flatten()] = slot
-        # Each query block joins the group of its dense-tile count c; its rank there is g.
-        count_of = torch.zeros(QB, dtype=torch.int64, device=device)
-        count_of[blocks] = per_block
-        order_blocks = torch.sort(per_block, stable=True).indices  # blocks by c, then id
-        rank = torch.empty_like(order_blocks)
-        cs, c_counts = torch.unique_consecutive(per_block[order_blocks], return_counts=True)
-        c_first = _exclusive_cumsum(c_counts)
-        rank[order_blocks] = torch.arange(blocks.numel(), device=device) - torch.repeat_interleave(
-            c_first[:-1], c_counts)
-        rank_of = torch.zeros(QB, dtype=torch.int64, device=device)
-        rank_of[blocks] = rank
-        # Per dense edge: group (by c), position in that group's [G, T, c*T] grid.
-        eid = edge_dense.nonzero().flatten()
-        e_q, e_k = query[eid], key[eid]
-        e_block = e_q // tile
-        c_e = count_of[e_block]
-        pos = ((rank_of[e_block] * tile + (e_q - e_block * tile)) * (c_e * tile)
-               + tile_slot[inverse[eid]] * tile + (e_k % tile))
-        # One sort by (c, pos) lays every group's edges out contiguously and in grid order.
-        big = int(pos.max()) + 1
-        order = torch.sort(c_e * big + pos).indices
-        eid, pos, c_e = eid[order], pos[order], c_e[order]
-        e_ptr = _exclusive_cumsum(torch.bincount(torch.searchsorted(cs, c_e), minlength=cs.numel()))
-        for gi, c in enumerate(cs.tolist()):
-            members = blocks[order_blocks[c_first[gi]:c_first[gi + 1]]]  # increasing block ids
-            G = members.numel()
-            sel = order_blocks[c_first[gi]:c_first[gi + 1]]
-            kblocks = d_kb[(first[sel][:, None] + torch.arange(c, device=device)).reshape(-1)].view(G, c)
-            g_pos, g_eid = pos[e_ptr[gi]:e_ptr[gi + 1]], eid[e_ptr[gi]:e_ptr[gi + 1]]
-            cells = tile * c * tile
-            mask = torch.zeros(G, hm, tile, c * tile, dtype=torch.bool, device=device)
-            if heads is None:
-                mask.view(-1)[g_pos] = True
-            else:
-                flat = ((g_pos // cells)[:, None] * hm + torch.arange(hm, device=device)) * cells
-                mask.view(-1)[(flat + (g_pos % cells)[:, None]).reshape(-1)] = head_mask[g_eid].reshape(-1)
-            plan.dense.append(DenseGroup(members, kblocks, g_pos, g_eid, mask))
-
-    # ---- sparse edges: queries sorted by key count, chunks of padded key lists.
-    s_eid = (~edge_dense).nonzero().flatten()
-    if s_eid.numel():
-        s_q = query[s_eid]
-        order = torch.sort(s_q * max(num_keys, 1) + key[s_eid]).indices  # CSR by (query, key)
-        s_eid, s_q = s_eid[order], s_q[order]
-        rows, deg = torch.unique_consecutive(s_q, return_counts=True)
-        start = _exclusive_cumsum(deg)[:-1]
-        by_deg = torch.sort(deg, stable=True).indices
-        rows, deg, start = rows[by_deg], deg[by_deg], start[by_deg]
-        # Cut rows into chunks of about `sparse_chunk` padded cells (degrees increase).
-        r0, R = 0, rows.numel()
-        deg_list = deg.tolist()
-        while r0 < R:
-            m = deg_list[r0]
-            r1 = r0 + 1
-            while r1 < R and (r1 - r0 + 1) * deg_list[r1] <= sparse_chunk:
-                m = deg_list[r1]
-                r1 += 1
-            cols = torch.arange(m, device=device)
-            valid = cols[None, :] < deg[r0:r1, None]
-            idx = torch.where(valid, start[r0:r1, None] + cols, 0)
-            eid = s_eid[idx]
-            keys = torch.where(valid, key[eid], 0)
-            eid = torch.where(valid, eid, 0)
-            v = valid[:, None, :]
-            if heads is not None:
-                v = v & head_mask[eid].transpose(1, 2)
-            plan.sparse.append(SparseChunk(rows[r0:r1], keys, eid, v))
-            r0 = r1
+        s_q, s_k = query[s_eid], key[s_eid]
+        order = torch.sort(s_q * max(num_keys, 1) + s_k).indices
+        s_eid, s_q, s_k = s_eid[order], s_q[order], s_k[order]
+        crow = _exclusive_cumsum(torch.bincount(s_q, minlength=num_queries))
+        t_perm = torch.sort(s_k * max(num_queries, 1) + s_q).indices
+        t_crow = _exclusive_cumsum(torch.bincount(s_k, minlength=num_keys))
+        allowed = (head_mask[s_eid] if heads is not None
+                   else torch.empty(0, dtype=torch.bool, device=device))
+        plan.sparse = SparsePart(crow, s_k, s_eid, t_crow, s_q[t_perm], t_perm, allowed)
     return plan
 
 

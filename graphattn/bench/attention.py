@@ -1,0 +1,174 @@
+"""Attention benchmark: ``python -m graphattn.bench attention``.
+
+graphattn's engine against the standard peers on the same inputs (fp32, ``H`` heads of ``D``):
+dense SDPA over all pairs with the graph as mask, a plain-torch blocked sliding window, HF's
+Longformer self-attention, PyG-style gather/scatter message passing, torch.sparse CSR, compiled
+FlexAttention (forward only: it has no CPU backward), and HF's BigBird block-sparse attention.
+Every cell runs in its own process, so peak RSS is that cell's own (``ru_maxrss``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+from graphattn.bench._timing import format_table, measure
+
+__all__ = ["run", "run_cell", "PATTERNS", "METHODS"]
+
+PATTERNS = ("band", "bigbird", "random")
+METHODS = ("graphattn", "dense_sdpa", "blocked", "hf_longformer", "gather_scatter", "sparse_csr",
+           "flex", "hf_bigbird")
+RADIUS, BLOCK, RANDOM_KEYS = 128, 64, 32
+_GIB = 1 << 30
+
+
+def _graph(pattern: str, n: int):
+    from graphattn import rules
+
+    if pattern == "band":
+        return rules.band(n, radius=RADIUS)
+    if pattern == "bigbird":
+        return rules.bigbird(n, block=BLOCK, seed=0)
+    if pattern == "random":
+        return rules.random(n, keys_per_query=RANDOM_KEYS, seed=0)
+    raise ValueError(f"expected pattern in {PATTERNS}, got {pattern!r}")
+
+
+def applicable(method: str, pattern: str, n: int, H: int, D: int) -> str | None:
+    """None if the cell runs, else why it is skipped."""
+    per_query = {"band": 2 * RADIUS + 1, "bigbird": 8 * BLOCK, "random": RANDOM_KEYS + 1}[pattern]
+    edges = n * per_query
+    if method in ("blocked", "hf_longformer", "flex") and pattern != "band":
+        return "band only"
+    if method == "hf_bigbird" and pattern != "bigbird":
+        return "bigbird only"
+    if method == "sparse_csr" and pattern != "random":
+        return "random only"
+    if method == "dense_sdpa" and n > 16384:
+        return "n^2 (21 s forward at 65,536)"
+    if method == "gather_scatter" and edges * H * D * 4 * 7 > 12 * _GIB:
+        return f"needs ~{edges * H * D * 4 * 7 / _GIB:.0f} GB"
+    return None
+
+
+def _inputs(n, H, D, requires_grad):
+    gen = torch.Generator().manual_seed(0)
+    return [torch.randn(n, H, D, generator=gen).requires_grad_(requires_grad) for _ in range(3)]
+
+
+def run_cell(method: str, pattern: str, n: int, H: int, D: int, mode: str, repeats: int) -> dict:
+    """Time one (method, pattern, n, mode) in this process; returns a JSON-able dict."""
+    from graphattn.bench import peers
+    from graphattn.nn import graph_attention
+
+    backward = mode == "fwd+bwd"
+    q, k, v = _inputs(n, H, D, backward)
+    info: dict = {}
+    if method == "graphattn":
+        g = _graph(pattern, n)
+        t0 = time.perf_counter()
+        from graphattn.nn.plan import get_plan
+
+        get_plan(g, n, n, tile=64, dense_threshold=0.25)
+        info["setup_s"] = time.perf_counter() - t0
+        fn = lambda: graph_attention(q, k, v, g)  # noqa: E731
+    elif method == "dense_sdpa":
+        mask = _graph(pattern, n).to_dense()
+        fn = lambda: peers.dense_sdpa(q, k, v, mask)  # noqa: E731
+    elif method == "blocked":
+        fn = lambda: peers.blocked_band(q, k, v, RADIUS)  # noqa: E731
+    elif method == "gather_scatter":
+        ei = _graph(pattern, n).edge_index
+        fn = lambda: peers.gather_scatter(q, k, v, ei)  # noqa: E731
+    elif method == "sparse_csr":
+        g = _graph(pattern, n)
+        crow, col = g.query_ptr, g.edge_index[0]
+        fn = lambda: peers.sparse_csr(q, k, v, crow, col)  # noqa: E731
+    elif method == "flex":
+        if backward:
+            return {"skip": "no CPU backward"}
+        f, build = peers.flex_band(n, RADIUS)
+        t0 = time.perf_counter()
+        f(q, k, v)
+        info["setup_s"] = build + time.perf_counter() - t0  # BlockMask build + compile
+        info["blockmask_s"] = build
+        fn = lambda: f(q, k, v)  # noqa: E731
+    elif method in ("hf_longformer", "hf_bigbird"):
+        try:
+            layer_fn = (peers.hf_longformer(n, H, D, RADIUS) if method == "hf_longformer"
+                        else peers.hf_bigbird(n, H, D, BLOCK))
+        except ImportError:
+            return {"skip": "transformers not installed"}
+        x = torch.randn(n, H * D, generator=torch.Generator().manual_seed(1)).requires_grad_(backward)
+        fn = lambda: layer_fn(x)  # noqa: E731
+    else:
+        raise ValueError(f"expected method in {METHODS}, got {method!r}")
+
+    if backward:
+        def step():
+            out = fn()
+            out.backward(torch.ones_like(out))
+            return None
+    else:
+        def step():
+            with torch.no_grad():
+                fn()
+            return None
+    m = measure(step, repeats=repeats, warmup=1)
+    info.update(time_s=m.median_s, peak_rss_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20))
+    return info
+
+
+def _spawn(method, pattern, n, H, D, mode, repeats, timeout) -> dict:
+    arg = json.dumps(dict(method=method, pattern=pattern, n=n, H=H, D=D, mode=mode, repeats=repeats))
+    try:
+        proc = subprocess.run([sys.executable, "-m", "graphattn.bench.attention", "--worker", arg],
+                              capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
+    except subprocess.TimeoutExpired:
+        return {"skip": f"timeout > {timeout} s"}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        last = (proc.stderr.strip().splitlines() or ["?"])[-1]
+        return {"skip": f"failed: {last[:80]}"}
+    return json.loads(lines[-1])
+
+
+def run(ns=(4096, 16384, 65536), patterns=PATTERNS, methods=METHODS, H=4, D=64, repeats=3,
+        timeout=600, log=print) -> str:
+    rows = []
+    results = {}
+    for pattern in patterns:
+        for n in ns:
+            for method in methods:
+                why = applicable(method, pattern, n, H, D)
+                if why and why.endswith("only"):
+                    continue
+                for mode in ("fwd", "fwd+bwd"):
+                    r = {"skip": why} if why else _spawn(method, pattern, n, H, D, mode, repeats, timeout)
+                    results[(pattern, n, method, mode)] = r
+                    log(f"  {pattern:8s} n={n:<6d} {method:15s} {mode:8s} {r}")
+    for (pattern, n, method, mode), r in results.items():
+        mine = results.get((pattern, n, "graphattn", mode), {})
+        if "skip" in r:
+            rows.append([pattern, f"{n:,}", method, mode, "-", "-", "-", r["skip"]])
+            continue
+        ratio = (f"{r['time_s'] / mine['time_s']:.1f}x" if "time_s" in mine and method != "graphattn" else "")
+        setup = f"{r['setup_s']:.2f}" if "setup_s" in r else ""
+        rows.append([pattern, f"{n:,}", method, mode, f"{r['time_s']:.3f}", f"{r['peak_rss_gib']:.2f}",
+                     setup, ratio])
+    return format_table(["pattern", "n", "method", "mode", "time s", "peak RSS GiB", "one-time s",
+                         "peer / graphattn"], rows)
+
+
+if __name__ == "__main__" and "--worker" in sys.argv:
+    spec = json.loads(sys.argv[sys.argv.index("--worker") + 1])
+    torch.manual_seed(0)
+    print(json.dumps(run_cell(**spec)))
