@@ -24,6 +24,33 @@ def main(argv=None) -> int:
     a.add_argument("--head-dim", type=int, default=64)
     a.add_argument("--repeats", type=int, default=3)
     a.add_argument("--timeout", type=int, default=600, help="seconds per cell")
+    d = sub.add_parser("distributed", help="sequence-parallel halo plan per pattern and world size, and a measured gloo run")
+    d.add_argument("--n", type=int, nargs="+", default=[2**20])
+    d.add_argument("--world", type=int, nargs="+", default=[2, 8, 64, 1024])
+    d.add_argument("--patterns", nargs="+", default=None, help="subset of the patterns (default all)")
+    d.add_argument("--max-ranks", type=int, default=16, help="ranks simulated per world size")
+    d.add_argument("--heads", type=int, default=4)
+    d.add_argument("--head-dim", type=int, default=64)
+    d.add_argument("--measure", type=int, nargs="*", default=[2, 4], help="gloo world sizes to run (none: skip)")
+    d.add_argument("--measure-n", type=int, default=65536)
+    d.add_argument("--repeats", type=int, default=3)
+    m = sub.add_parser("models", help="reversible vs plain encoder memory, chunked FFN, LSH and routing vs dense")
+    m.add_argument("--suites", nargs="+", default=["encoder", "ffn", "attention"],
+                   choices=["encoder", "ffn", "attention"])
+    m.add_argument("--n", type=int, nargs="+", default=[4096, 16384, 65536], help="attention lengths")
+    m.add_argument("--encoder-n", type=int, default=4096)
+    m.add_argument("--ffn-n", type=int, default=65536)
+    m.add_argument("--depth", type=int, default=24)
+    m.add_argument("--embed-dim", type=int, default=256)
+    m.add_argument("--heads", type=int, default=4)
+    m.add_argument("--repeats", type=int, default=3)
+    m.add_argument("--timeout", type=int, default=600, help="seconds per cell")
+    gp = sub.add_parser("gpu", help="fused Triton kernels on a CUDA GPU: exactness, timings vs SDPA, FlexAttention, gather/scatter")
+    gp.add_argument("--out", default="gpu_bench.md", help="markdown report path (default ./gpu_bench.md)")
+    gp.add_argument("--budget", type=float, default=480.0, help="seconds for the whole run (default 480)")
+    gp.add_argument("--max-n", type=int, default=1048576, help="largest sequence length timed")
+    gp.add_argument("--exact-n", type=int, default=4096, help="nodes of the exactness graphs")
+    gp.add_argument("--allow-cpu", action="store_true", help=argparse.SUPPRESS)  # dry runs in the tests
     args = parser.parse_args(argv)
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
@@ -39,6 +66,28 @@ def main(argv=None) -> int:
 
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
         print(run(scale=args.scale, repeats=args.repeats, only=args.only))
+    if args.suite == "distributed":
+        from graphattn.bench.distributed import PATTERNS, measured_table, plan_table
+
+        print(f"torch {torch.__version__}; plan for {args.heads} heads x {args.head_dim} fp32 "
+              f"(keys + values), up to {args.max_ranks} simulated ranks per world size")
+        print(plan_table(args.n, args.world, args.patterns or list(PATTERNS), H=args.heads,
+                         D=args.head_dim, max_ranks=args.max_ranks))
+        if args.measure:
+            print(f"\nmeasured: band r=128, n={args.measure_n:,}, {args.heads} heads x {args.head_dim}, "
+                  f"fp32, forward+backward, medians of {args.repeats}")
+            print(measured_table(args.measure, n=args.measure_n, H=args.heads, D=args.head_dim,
+                                 repeats=args.repeats))
+    if args.suite == "models":
+        from graphattn.bench.models import run
+
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; fp32; each cell in its own process")
+        print(run(suites=args.suites, ns=args.n, encoder_n=args.encoder_n, ffn_n=args.ffn_n, depth=args.depth,
+                  E=args.embed_dim, H=args.heads, repeats=args.repeats, timeout=args.timeout))
+    if args.suite == "gpu":
+        from graphattn.bench.gpu import main as gpu_main
+
+        return gpu_main(args)
     return 0
 
 

@@ -9,6 +9,7 @@ import torch
 from graphattn._validate import check_float, check_int
 from graphattn.graph import AttentionGraph
 from graphattn.nn._engine import GraphAttentionFunction, attention_weights
+from graphattn.nn import backends as _backends  # issue 7: backend dispatch
 from graphattn.nn.plan import get_plan
 
 __all__ = ["graph_attention"]
@@ -129,10 +130,17 @@ def graph_attention(
     plan = get_plan(plan_src, nq, nk, tile=tile, dense_threshold=dense_threshold)
     out_dtype = q.dtype
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
-    qa, ka, va = q.to(acc), k.to(acc), v.to(acc)
-    ba = None if bias is None else bias.to(acc)
     drop_key = int(torch.randint(0, 2**62, (1,))) if dropout_p > 0 else 0
-    out, lse = GraphAttentionFunction.apply(qa, ka, va, ba, plan, scale, dropout_p, drop_key)
+    # ---- backend hook (issue 7, graphattn.nn.backends): the fused Triton kernels run CUDA
+    # tensors, or the backend forced with backends.use(...); they take the input dtype as is.
+    backend = _backends.select(q, k, v, plan=plan, bias=bias, dropout_p=dropout_p)
+    if backend is not _backends.Backend.TORCH:
+        out, lse = _backends.run(backend, q, k, v, bias, plan, scale, dropout_p, drop_key)
+        qa, ka, ba = q.detach().to(acc), k.detach().to(acc), None if bias is None else bias.detach().to(acc)
+    else:  # ---- end of the backend hook
+        qa, ka, va = q.to(acc), k.to(acc), v.to(acc)
+        ba = None if bias is None else bias.to(acc)
+        out, lse = GraphAttentionFunction.apply(qa, ka, va, ba, plan, scale, dropout_p, drop_key)
     out = out.to(out_dtype)
     if not return_weights:
         return out

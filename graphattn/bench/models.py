@@ -1,0 +1,179 @@
+"""Model benchmark: ``python -m graphattn.bench models``.
+
+Three tables, every cell in its own process so peak RSS (``ru_maxrss``) is that cell's own, as
+in :mod:`graphattn.bench.attention`:
+
+* **encoder**: peak memory and time of one forward+backward of a depth-``L`` SparseEncoder
+  (band graph) with plain vs reversible residuals, and reversible + chunked FFN;
+* **ffn**: the feed-forward network alone at a long length, unchunked vs chunked, forward
+  without autograd and forward+backward (chunks checkpointed);
+* **attention**: time of one LSHAttention and one RoutingAttention layer against a dense
+  layer (same projections, ``scaled_dot_product_attention`` over all pairs) as n grows.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+
+import torch
+
+from graphattn.bench._timing import format_table, measure
+
+__all__ = ["run", "run_cell", "SUITES"]
+
+SUITES = ("encoder", "ffn", "attention")
+BAND_RADIUS = 64  # encoder graph: a band of radius 64
+LSH_BUCKET = 64  # LSH: about 64 tokens per bucket, chunks of 64
+_GIB = 1 << 30
+
+
+def _rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20)
+
+
+def _step(fn, backward: bool, params=()):
+    def step():
+        if backward:
+            out = fn()
+            out.backward(torch.ones_like(out))
+            for p in params:
+                p.grad = None
+        else:
+            with torch.no_grad():
+                fn()
+    return step
+
+
+def run_cell(suite: str, variant: str, n: int, E: int, H: int, depth: int, mode: str, repeats: int) -> dict:
+    """Run one cell in this process; returns a JSON-able dict (time, peak RSS)."""
+    from graphattn import rules
+    from graphattn.models import FeedForward, GraphRule, SparseEncoder
+    from graphattn.nn.lsh import LSHAttention
+    from graphattn.nn.routing import RoutingAttention
+    from graphattn.nn.reversible import chunked_feed_forward
+
+    # torch.utils.checkpoint imports ~0.1 GiB of modules on first use; load them in every cell so
+    # the chunked variants' RSS is not charged for imports.
+    chunked_feed_forward(torch.nn.Linear(2, 2), torch.randn(4, 2, requires_grad=True), chunks=2).sum().backward()
+    gen = torch.Generator().manual_seed(0)
+    backward = mode == "fwd+bwd"
+    x = torch.randn(n, E, generator=gen).requires_grad_(backward)
+    base = _rss_gib()
+    if suite == "encoder":
+        enc = SparseEncoder(E, H, graphs=GraphRule(rules.band, radius=BAND_RADIUS), num_layers=depth,
+                            reversible=variant != "plain", chunked_ff=16 if variant == "reversible+chunked" else None)
+        enc.graph(0, n)  # build the graph (and, on first use, its plan) outside the timing
+        fn = lambda: enc(x)  # noqa: E731
+        params = list(enc.parameters())
+    elif suite == "ffn":
+        ff = FeedForward(E)
+        chunks = 1 if variant == "unchunked" else int(variant.split("=")[1])
+        fn = (lambda: ff(x)) if chunks == 1 else (lambda: chunked_feed_forward(ff, x, chunks=chunks))  # noqa: E731
+        params = list(ff.parameters())
+    elif suite == "attention":
+        if variant == "lsh":
+            layer = LSHAttention(E, H, num_buckets=max(2, 2 * (n // (2 * LSH_BUCKET))), chunk=LSH_BUCKET, seed=0)
+        elif variant == "routing":
+            layer = RoutingAttention(E, H, num_clusters=int(math.isqrt(n)), seed=0).eval()
+            with torch.no_grad():
+                layer(x)  # seed the centroids outside the timing
+        elif variant == "dense":
+            layer = _DenseAttention(E, H)
+        else:
+            raise ValueError(f"expected variant in ('lsh', 'routing', 'dense'), got {variant!r}")
+        fn = lambda: layer(x)  # noqa: E731
+        params = list(layer.parameters())
+    else:
+        raise ValueError(f"expected suite in {SUITES}, got {suite!r}")
+    m = measure(_step(fn, backward, params), repeats=repeats, warmup=1)
+    return {"time_s": m.median_s, "peak_rss_gib": _rss_gib(), "base_rss_gib": base}
+
+
+class _DenseAttention(torch.nn.Module):
+    """The dense peer: q/k/v/out projections and SDPA over all pairs (no mask)."""
+
+    def __init__(self, E: int, H: int):
+        super().__init__()
+        self.H = H
+        self.qkv = torch.nn.Linear(E, 3 * E)
+        self.out = torch.nn.Linear(E, E)
+
+    def forward(self, x):
+        n, E = x.shape
+        q, k, v = self.qkv(x).view(n, 3, self.H, E // self.H).permute(1, 2, 0, 3)
+        o = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.out(o.transpose(0, 1).reshape(n, E))
+
+
+def _spawn(spec: dict, timeout: int) -> dict:
+    try:
+        proc = subprocess.run([sys.executable, "-m", "graphattn.bench.models", "--worker", json.dumps(spec)],
+                              capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
+    except subprocess.TimeoutExpired:
+        return {"skip": f"timeout > {timeout} s"}
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        last = (proc.stderr.strip().splitlines() or ["?"])[-1]
+        return {"skip": f"failed: {last[:80]}"}
+    return json.loads(lines[-1])
+
+
+def _cells(suites, ns, encoder_n, ffn_n, depth):
+    if "encoder" in suites:
+        for variant in ("plain", "reversible", "reversible+chunked"):
+            yield "encoder", variant, encoder_n, depth, ("fwd+bwd",), None
+    if "ffn" in suites:
+        for variant in ("unchunked", "chunks=16"):
+            yield "ffn", variant, ffn_n, 1, ("fwd", "fwd+bwd"), None
+    if "attention" in suites:
+        for n in ns:
+            for variant in ("dense", "lsh", "routing"):
+                skip = "n^2 pairs: dense only up to 16,384" if variant == "dense" and n > 16384 else None
+                yield "attention", variant, n, 1, ("fwd", "fwd+bwd"), skip
+
+
+def run(suites=SUITES, ns=(4096, 16384, 65536), encoder_n=4096, ffn_n=65536, depth=24, E=256, H=4, repeats=3,
+        timeout=600, log=print) -> str:
+    tables = []
+    rows: dict = {s: [] for s in SUITES}
+    for suite, variant, n, d, modes, skip in _cells(suites, ns, encoder_n, ffn_n, depth):
+        for mode in modes:
+            spec = dict(suite=suite, variant=variant, n=n, E=E, H=H, depth=d, mode=mode,
+                        repeats=1 if suite == "encoder" or n >= 65536 else repeats)
+            r = {"skip": skip} if skip else _spawn(spec, timeout)
+            log(f"  {suite:9s} {variant:18s} n={n:<6d} {mode:8s} {r}")
+            rows[suite].append((variant, n, mode, r))
+    heads = {
+        "encoder": f"SparseEncoder, depth {depth}, E={E}, {H} heads, band radius {BAND_RADIUS}, one fwd+bwd",
+        "ffn": f"FeedForward E={E} -> {4 * E} -> {E}",
+        "attention": f"attention layer, E={E}, {H} heads (LSH: buckets of ~{LSH_BUCKET}, chunk {LSH_BUCKET}; "
+                     "routing: sqrt(n) clusters, window n / clusters)",
+    }
+    for suite in SUITES:
+        if not rows[suite]:
+            continue
+        ref = {(n, mode): r for v, n, mode, r in rows[suite] if v in ("plain", "unchunked", "dense") and "time_s" in r}
+        body = []
+        for variant, n, mode, r in rows[suite]:
+            if "skip" in r:
+                body.append([variant, f"{n:,}", mode, "-", "-", "-", r["skip"]])
+                continue
+            base = ref.get((n, mode))
+            ratio = f"{r['time_s'] / base['time_s']:.2f}x" if base is not None and base is not r else ""
+            body.append([variant, f"{n:,}", mode, f"{r['time_s']:.3f}", f"{r['peak_rss_gib']:.2f}",
+                         f"{r['peak_rss_gib'] - r['base_rss_gib']:.2f}", ratio])
+        tables.append(f"{heads[suite]}\n\n" + format_table(
+            ["variant", "n", "mode", "time s", "peak RSS GiB", "peak - start GiB",
+             "time vs plain/dense"], body))
+    return "\n\n".join(tables)
+
+
+if __name__ == "__main__" and "--worker" in sys.argv:
+    spec = json.loads(sys.argv[sys.argv.index("--worker") + 1])
+    torch.manual_seed(0)
+    print(json.dumps(run_cell(**spec)))

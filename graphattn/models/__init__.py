@@ -1,0 +1,18 @@
+"""Models built from attention graphs and the graph-attention engine: the sparse encoder and
+its ready configurations (Longformer, BigBird, ETC, Reformer, Routing), the Star-Transformer
+and BP-Transformer classifiers, and BigBird's encoder-decoder."""
+
+from graphattn.models.bpt import BPTransformerClassifier
+from graphattn.models.configs import (MixedAttention, bigbird_encoder, bigbird_etc_encoder, commitment_loss,
+                                      etc_encoder, longformer_encoder, reformer_encoder, routing_encoder)
+from graphattn.models.encoder import FeedForward, GraphRule, SparseEncoder, SparseEncoderLayer
+from graphattn.models.seq2seq import DecoderLayer, EncoderDecoder, cross_edge_index
+from graphattn.models.star import StarTransformerClassifier
+
+__all__ = [
+    "SparseEncoder", "SparseEncoderLayer", "FeedForward", "GraphRule",
+    "longformer_encoder", "bigbird_encoder", "bigbird_etc_encoder", "etc_encoder", "reformer_encoder",
+    "routing_encoder", "MixedAttention", "commitment_loss",
+    "StarTransformerClassifier", "BPTransformerClassifier",
+    "EncoderDecoder", "DecoderLayer", "cross_edge_index",
+]

@@ -1,0 +1,66 @@
+"""The GPU benchmark script (graphattn.bench.gpu) without a GPU: it refuses clearly, its
+tables and target checks read the measurements right, and a tiny CPU dry run goes through every
+method, reporting what cannot run instead of stopping."""
+
+import pytest
+import torch
+
+from graphattn.bench import gpu
+from graphattn.bench.__main__ import main
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")
+def test_refuses_without_cuda(capsys, tmp_path):
+    out = tmp_path / "r.md"
+    assert main(["gpu", "--out", str(out)]) == 2
+    assert "needs a CUDA device" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def cell(pattern, n, method, mode, t=None, skip=None, peak=1.0):
+    r = dict(pattern=pattern, n=n, E=10 * n, method=method, mode=mode)
+    if t is None:
+        r["skip"] = skip
+    else:
+        r.update(time_s=t, peak_gib=peak, first_s=0.5, tflops=1.0, floor_x=2.0)
+    return r
+
+
+def test_targets_read_the_cells():
+    results = [
+        cell("band", 65536, "graphattn", "fwd", 1.4), cell("band", 65536, "flex", "fwd", 1.0),
+        cell("band", 65536, "graphattn", "fwd+bwd", 1.6), cell("band", 65536, "flex", "fwd+bwd", 1.0),
+        cell("random", 65536, "graphattn", "fwd", 0.01), cell("random", 65536, "gather_scatter", "fwd", 0.25),
+        cell("random", 65536, "graphattn", "fwd+bwd", 0.01), cell("random", 65536, "gather_scatter", "fwd+bwd", 0.1),
+        cell("band", 1048576, "graphattn", "fwd+bwd", skip="OOM"),
+    ]
+    text = gpu.targets(results)
+    lines = {ln.split("|")[1].strip(): ln for ln in text.splitlines()[2:]}
+    assert "PASS" in lines["band n=65,536 fwd: graphattn / FlexAttention <= 1.5"]
+    assert "FAIL" in lines["band n=65,536 fwd+bwd: graphattn / FlexAttention <= 1.5"]
+    assert "25.0" in lines["random n=65,536 fwd: gather/scatter / graphattn >= 20"]
+    assert "FAIL" in lines["random n=65,536 fwd+bwd: gather/scatter / graphattn >= 20"]
+    assert "OOM" in lines["band n=1,048,576 fwd+bwd fits on one GPU"] and "FAIL" in lines[
+        "band n=1,048,576 fwd+bwd fits on one GPU"]
+    table = gpu.timing_table(results)
+    assert table.count("\n") == len(results) + 1 and "OOM" in table
+
+
+def test_priority_order_starts_at_64k_then_1m_band():
+    cells = gpu._cells()
+    assert cells[:4] == [("band", 65536), ("bigbird", 65536), ("random", 65536), ("band", 1048576)]
+    assert len(cells) == len(set(cells)) == len(gpu.BAND_N) + 2 * len(gpu.OTHER_N)
+
+
+def test_cpu_dry_run_reports_every_method():
+    results = gpu.timings("cpu", cells=[("random", 128)], repeats=1, log=lambda *a: None)
+    by = {(r["method"], r["mode"]): r for r in results}
+    assert len(by) == 10 and "band and BigBird only" in by[("graphattn_t128", "fwd")]["skip"]
+    # Without a GPU (and outside the interpreter) the Triton backend says why it cannot run ...
+    from graphattn.nn import triton_kernels
+
+    if triton_kernels.unavailable_reason("cpu", torch.bfloat16) is not None:
+        assert "backend TRITON was requested but cannot run" in by[("graphattn", "fwd")]["skip"]
+    # ... while the peers run, and FlexAttention's missing CPU backward is reported.
+    assert by[("dense_sdpa", "fwd")]["time_s"] > 0 and by[("gather_scatter", "fwd+bwd")]["time_s"] > 0
+    assert by[("flex", "fwd")]["time_s"] > 0 and "backward" in by[("flex", "fwd+bwd")]["skip"]

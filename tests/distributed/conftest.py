@@ -1,0 +1,30 @@
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))  # spawned ranks import dist_cases by name
+sys.path.insert(0, str(Path(__file__).parent.parent / "nn"))  # the dense oracle (reference.py)
+
+import dist_cases  # noqa: E402
+
+from graphattn import distributed as gd  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def dist_results():
+    """``get(world)``: every rank's saved results of :func:`dist_cases.worker`, one spawn of
+    ``world`` gloo processes per world size for the whole session."""
+    cache = {}
+
+    def get(world: int):
+        if world not in cache:
+            with tempfile.TemporaryDirectory(prefix="graphattn-test-") as tmp:
+                gd.spawn(dist_cases.worker, world, tmp, timeout_s=60)
+                cache[world] = [torch.load(os.path.join(tmp, f"rank{r}.pt")) for r in range(world)]
+        return cache[world]
+
+    return get

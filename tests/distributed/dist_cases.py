@@ -1,0 +1,163 @@
+"""Cases and the per-rank worker of the multi-process tests (spawned processes import this
+module by name, so it must stay importable from ``tests/distributed``).
+
+Every rank rebuilds the same full inputs from fixed seeds, takes its shard, runs the sharded
+attention / layer / exchange and saves what it computed; the parent process compares the
+concatenated shards with single-process runs on the whole graph.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+from graphattn import distributed as gd
+from graphattn import rules
+from graphattn.nn import GraphAttention
+
+# name -> (full graph builder, rule callable for the sharded build or None, how the graph is
+# handed to graph_attention: "graph" | "rule" | "plan", heads, D, Dv, with an edge bias)
+CASES = {
+    "band": (lambda: rules.band(37, radius=3), functools.partial(rules.band, 37, radius=3), "rule", 2, 4, 3, True),
+    "band_causal": (lambda: rules.band(37, radius=4, causal=True), None, "graph", 2, 4, 4, False),
+    "bigbird": (lambda: rules.bigbird(39, block=4, seed=1), None, "graph", 2, 4, 3, False),
+    "bigbird_etc": (lambda: rules.bigbird_etc(39, block=4, num_global=2, seed=1),
+                    functools.partial(rules.bigbird_etc, 39, block=4, num_global=2, seed=1), "rule", 2, 4, 3, True),
+    "longformer": (lambda: rules.longformer(37, radius=2, dilation=[1, 2], global_indices=[0, 18]),
+                   None, "graph", 2, 4, 3, True),
+    "bp_transformer": (lambda: rules.bp_transformer(21, k=2), functools.partial(rules.bp_transformer, 21, k=2),
+                       "plan", 2, 4, 3, False),
+    "random": (lambda: rules.random(37, keys_per_query=5, seed=3),
+               functools.partial(rules.random, 37, keys_per_query=5, seed=3), "rule", 2, 4, 3, True),
+    "block_aligned": (lambda: rules.block_local(32, block=8), None, "graph", 1, 4, 3, False),
+    "star": (lambda: rules.star_transformer(9), None, "graph", 2, 4, 3, False),
+    "tiny": (lambda: rules.band(3, radius=1), None, "graph", 1, 2, 2, False),
+}
+
+# Layer cases: (graph builder, batch size or None for [N, E] input, embed dim, heads, num_relative)
+LAYER_CASES = {
+    "layer_etc": (lambda: rules.etc(22, num_global=2, radius=2), None, 8, 2, 2 * 2 + 2),
+    "layer_band_batched": (lambda: rules.band(29, radius=2), 2, 8, 2, None),
+    "layer_longformer_batched": (lambda: rules.longformer(29, radius=1, dilation=[1, 3], global_indices=[5]),
+                                 2, 8, 2, None),
+}
+
+def encoder_setup():
+    """Single-process encoder (float64, seeded), its graphs, input tokens and output weights."""
+    from graphattn.models import GraphRule, SparseEncoder
+
+    n, g = 25, 2
+    graphs = [GraphRule(rules.bigbird_etc, block=4, num_global=g, seed=0), rules.etc(n, num_global=g, radius=2)]
+    enc = SparseEncoder(8, 2, graphs=graphs, num_global=g, num_relative=2 * 2 + 2).double()
+    gen = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for p in enc.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64) * 0.5)
+    x = torch.randn(2, n, 8, generator=gen, dtype=torch.float64)
+    w = torch.randn(2, n, 8, generator=gen, dtype=torch.float64)
+    wg = torch.randn(2, g, 8, generator=gen, dtype=torch.float64)
+    return enc, graphs, x, w, wg
+
+
+EXCHANGE_CASES = ["band", "random", "longformer", "bigbird_etc", "band_causal"]
+
+
+def inputs(name: str):
+    """Full q, k, v, output-gradient weights and edge bias (float64, fixed seeds)."""
+    make, _, _, H, D, Dv, with_bias = CASES[name]
+    g = make()
+    gen = torch.Generator().manual_seed(_stable_seed(name))
+    n = g.num_nodes
+    q = torch.randn(n, H, D, generator=gen, dtype=torch.float64)
+    k = torch.randn(n, H, D, generator=gen, dtype=torch.float64)
+    v = torch.randn(n, H, Dv, generator=gen, dtype=torch.float64)
+    w = torch.randn(n, H, Dv, generator=gen, dtype=torch.float64)
+    bias = torch.randn(g.num_edges, H, generator=gen, dtype=torch.float64) if with_bias else None
+    return g, q, k, v, w, bias
+
+
+def layer_setup(name: str):
+    """Full graph, single-process layer (float64, seeded init), input x and output weights."""
+    make, batch, E, H, R = LAYER_CASES[name]
+    g = make()
+    gen = torch.Generator().manual_seed(7)
+    layer = GraphAttention(E, H, num_relative=R).double()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64) * 0.5)
+    shape = (g.num_nodes, E) if batch is None else (batch, g.num_nodes, E)
+    x = torch.randn(shape, generator=gen, dtype=torch.float64)
+    w = torch.randn(shape, generator=gen, dtype=torch.float64)
+    return g, layer, x, w
+
+
+def _stable_seed(name: str) -> int:
+    return sum(ord(c) * (i + 1) for i, c in enumerate(name)) % 1000
+
+
+def _shard(t, span, dim=0):
+    return t.narrow(dim, span.start, len(span))
+
+
+def worker(rank: int, world: int, out_dir: str) -> None:
+    results = {}
+    for name, (make, rule, mode, H, D, Dv, with_bias) in CASES.items():
+        g, q, k, v, w, bias = inputs(name)
+        span = gd.local_range(g.num_nodes, rank, world)
+        ql, kl, vl = (_shard(t, span).clone().requires_grad_() for t in (q, k, v))
+        ptr = g.query_ptr
+        bl = None
+        if bias is not None:
+            bl = bias[int(ptr[span.start]):int(ptr[span.stop])].clone().requires_grad_()
+        if mode == "graph":
+            graph = g
+        elif mode == "rule":
+            graph = rule
+        else:
+            graph = gd.shard_plan(rule, num_nodes=g.num_nodes)
+        out = gd.graph_attention(ql, kl, vl, graph, bias=bl)
+        (out * _shard(w, span)).sum().backward()
+        plan = gd.resolve_plan(g, len(span))  # the cached plan of the full graph (a collective
+        # only the first time: every rank reaches this line for every case)
+        results[name] = {
+            "out": out.detach(), "dq": ql.grad, "dk": kl.grad, "dv": vl.grad,
+            "dbias": None if bl is None else bl.grad,
+            "num_received": plan.num_received, "num_sent": plan.num_sent,
+            "bcast": plan.bcast_index.numel(), "extended_ids": plan.extended_ids,
+        }
+    for name, (make, batch, E, H, R) in LAYER_CASES.items():
+        g, layer, x, w = layer_setup(name)
+        dlayer = gd.GraphAttention(E, H, num_relative=R).double()
+        dlayer.load_state_dict(layer.state_dict())
+        span = gd.local_range(g.num_nodes, rank, world)
+        dim = 0 if batch is None else 1
+        xl = _shard(x, span, dim).clone().requires_grad_()
+        out = dlayer(xl, g)
+        (out * _shard(w, span, dim)).sum().backward()
+        results[name] = {"out": out.detach(), "dx": xl.grad,
+                         "grads": {k: p.grad for k, p in dlayer.named_parameters()}}
+    enc, graphs, x, w, wg = encoder_setup()
+    denc = gd.ShardedSparseEncoder(8, 2, graphs=graphs, num_global=2, num_relative=6).double()
+    denc.load_state_dict(enc.state_dict())
+    span = gd.token_range(x.shape[1], 2, rank, world)
+    nodes = gd.local_range(x.shape[1] + 2, rank, world)
+    xl = x[:, span.start:span.stop].clone().requires_grad_()
+    tokens, glob = denc(xl, return_global=True)
+    g0, g1 = max(nodes.start, x.shape[1]) - x.shape[1], max(nodes.stop, x.shape[1]) - x.shape[1]
+    ((tokens * w[:, span.start:span.stop]).sum() + (glob * wg[:, g0:g1]).sum()).backward()
+    results["encoder"] = {"tokens": tokens.detach(), "global": glob.detach(), "dx": xl.grad,
+                          "grads": {k: p.grad for k, p in denc.named_parameters()}}
+    for name in EXCHANGE_CASES:
+        g = CASES[name][0]()
+        gen = torch.Generator().manual_seed(_stable_seed(name))
+        x = torch.randn(g.num_nodes, 2, 3, generator=gen, dtype=torch.float64)
+        wx = torch.randn(g.num_nodes, 2, 3, generator=gen, dtype=torch.float64)
+        span = gd.local_range(g.num_nodes, rank, world)
+        plan = gd.resolve_plan(g, len(span))
+        xl = _shard(x, span).clone().requires_grad_()
+        ext = gd.exchange_rows(xl, plan)
+        (ext * wx[plan.extended_ids]).sum().backward()
+        results["exchange_" + name] = {"ext": ext.detach(), "ids": plan.extended_ids, "dx": xl.grad}
+    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))

@@ -1,0 +1,184 @@
+"""Sharded attention on 2 and 4 gloo processes equals single-process attention on the whole
+graph: outputs, q/k/v gradients and edge-bias gradients; layer outputs, input and parameter
+gradients. Also checked against an independent dense float64 oracle."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+from dist_cases import CASES, LAYER_CASES, inputs, layer_setup
+from reference import dense_attention, dense_bias
+
+from graphattn import distributed as gd
+from graphattn import rules
+from graphattn.nn import graph_attention as local_attention
+
+WORLDS = [2, 4]
+TOL = dict(rtol=1e-10, atol=1e-12)
+
+
+def _reference(name):
+    g, q, k, v, w, bias = inputs(name)
+    q, k, v = (t.clone().requires_grad_() for t in (q, k, v))
+    b = None if bias is None else bias.clone().requires_grad_()
+    out = local_attention(q, k, v, g, bias=b)
+    (out * w).sum().backward()
+    return g, out.detach(), q.grad, k.grad, v.grad, None if b is None else b.grad
+
+
+def _dense_oracle(g, q, k, v, bias):
+    N, H = g.num_nodes, q.shape[1]
+    if g.head_mask is None:
+        mask = g.to_dense()
+    else:
+        mask = torch.zeros(H, N, N, dtype=torch.bool)
+        for h in range(H):
+            ei = g.edge_index[:, g.head_mask[:, h]]
+            mask[h, ei[1], ei[0]] = True
+    db = None if bias is None else dense_bias(g.edge_index, bias, N, N)
+    return dense_attention(q, k, v, mask, db)[0]
+
+
+def _cat(results, case, key):
+    return torch.cat([r[case][key] for r in results])
+
+
+@pytest.mark.parametrize("world", WORLDS)
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_outputs_and_gradients_equal_single_process(dist_results, world, name):
+    results = dist_results(world)
+    g, out, dq, dk, dv, dbias = _reference(name)
+    torch.testing.assert_close(_cat(results, name, "out"), out, **TOL)
+    torch.testing.assert_close(_cat(results, name, "dq"), dq, **TOL)
+    torch.testing.assert_close(_cat(results, name, "dk"), dk, **TOL)
+    torch.testing.assert_close(_cat(results, name, "dv"), dv, **TOL)
+    if dbias is not None:
+        torch.testing.assert_close(_cat(results, name, "dbias"), dbias, **TOL)
+    # and against the independent dense oracle
+    _, q, k, v, _, bias = inputs(name)
+    torch.testing.assert_close(_cat(results, name, "out"), _dense_oracle(g, q, k, v, bias), **TOL)
+
+
+@pytest.mark.parametrize("world", WORLDS)
+@pytest.mark.parametrize("name", sorted(LAYER_CASES))
+def test_layer_equals_single_process_layer(dist_results, world, name):
+    results = dist_results(world)
+    g, layer, x, w = layer_setup(name)
+    x = x.clone().requires_grad_()
+    out = layer(x, g)
+    (out * w).sum().backward()
+    dim = 0 if x.dim() == 2 else 1
+    torch.testing.assert_close(torch.cat([r[name]["out"] for r in results], dim), out.detach(), **TOL)
+    torch.testing.assert_close(torch.cat([r[name]["dx"] for r in results], dim), x.grad, **TOL)
+    for pname, p in layer.named_parameters():
+        total = sum(r[name]["grads"][pname] for r in results)  # each rank's share of the gradient
+        torch.testing.assert_close(total, p.grad, **TOL, msg=f"{name}: {pname}")
+
+
+@pytest.mark.parametrize("world", WORLDS)
+def test_sharded_encoder_equals_single_process_encoder(dist_results, world):
+    from dist_cases import encoder_setup
+
+    results = [r["encoder"] for r in dist_results(world)]
+    enc, graphs, x, w, wg = encoder_setup()
+    x = x.clone().requires_grad_()
+    tokens, glob = enc(x, return_global=True)
+    ((tokens * w).sum() + (glob * wg).sum()).backward()
+    torch.testing.assert_close(torch.cat([r["tokens"] for r in results], 1), tokens.detach(), **TOL)
+    torch.testing.assert_close(torch.cat([r["global"] for r in results], 1), glob.detach(), **TOL)
+    torch.testing.assert_close(torch.cat([r["dx"] for r in results], 1), x.grad, **TOL)
+    for pname, p in enc.named_parameters():
+        shares = [r["grads"][pname] for r in results if r["grads"][pname] is not None]
+        if p.grad is None:  # unused parameter (layer 0's relative bias: BigBird has no relative ids)
+            assert not shares, pname
+            continue
+        torch.testing.assert_close(sum(shares), p.grad, **TOL, msg=f"encoder: {pname}")
+
+
+def test_uneven_split_and_empty_rank_are_exercised():
+    # The cases cover n % world != 0 for both world sizes, and a rank with no rows at all.
+    sizes = {name: CASES[name][0]().num_nodes for name in CASES}
+    assert any(n % 2 for n in sizes.values()) and any(n % 4 for n in sizes.values())
+    assert sizes["tiny"] < 4  # rank 3 of 4 owns nothing
+
+
+@pytest.mark.parametrize("world", WORLDS)
+def test_ranks_without_remote_needs(dist_results, world):
+    results = dist_results(world)
+    # block_local with blocks aligned to the shards: nobody receives or sends anything
+    assert [r["block_aligned"]["num_received"] for r in results] == [0] * world
+    assert [r["block_aligned"]["num_sent"] for r in results] == [0] * world
+    # causal band: rank 0 needs nothing but still serves rank 1
+    assert results[0]["band_causal"]["num_received"] == 0
+    assert results[0]["band_causal"]["num_sent"] > 0 and results[1]["band_causal"]["num_received"] > 0
+
+
+def test_global_rows_are_broadcast_at_four_ranks(dist_results):
+    results = dist_results(4)
+    # Longformer's global tokens 0 and 18 are needed by every other rank: broadcast by their owners
+    assert results[0]["longformer"]["bcast"] >= 1 and results[1]["longformer"]["bcast"] >= 1
+    # a band has no row every rank needs
+    assert all(r["band"]["bcast"] == 0 for r in results)
+    # two ranks never broadcast (an all-to-all row is as cheap)
+    assert all(r[name]["bcast"] == 0 for r in dist_results(2) for name in CASES)
+
+
+# ---------------------------------------------------------------- single process (no group)
+
+def test_without_process_group_equals_local_attention():
+    g = rules.bigbird_etc(21, block=4, num_global=2, seed=0)
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(g.num_nodes, 2, 4, generator=gen, dtype=torch.float64) for _ in range(3))
+    bias = torch.randn(g.num_edges, 2, generator=gen, dtype=torch.float64)
+    ref, wref = local_attention(q, k, v, g, bias=bias, return_weights=True)
+    out, w = gd.graph_attention(q, k, v, g, bias=bias, return_weights=True)
+    torch.testing.assert_close(out, ref, **TOL)
+    torch.testing.assert_close(w, wref, **TOL)
+    rule = functools.partial(rules.bigbird_etc, 21, block=4, num_global=2, seed=0)
+    torch.testing.assert_close(gd.graph_attention(q, k, v, rule, bias=bias), ref, **TOL)
+
+
+def test_layer_without_process_group_equals_layer():
+    from graphattn.nn import GraphAttention
+
+    g = rules.etc(12, num_global=2, radius=1)
+    torch.manual_seed(0)
+    base = GraphAttention(8, 2, num_relative=4)
+    torch.nn.init.normal_(base.relative_bias.weight)
+    layer = gd.GraphAttention(8, 2, num_relative=4)
+    layer.load_state_dict(base.state_dict())
+    x = torch.randn(2, g.num_nodes, 8)
+    out, w = layer(x, g, return_attention=True)
+    ref, wref = base(x, g, return_attention=True)
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(w, wref)
+
+
+def test_edgeless_shard_gives_zeros_and_zero_gradients():
+    g = rules.band(4, radius=1) - rules.band(4, radius=1)  # no edges at all
+    q, k, v = (torch.randn(4, 1, 2, requires_grad=True) for _ in range(3))
+    out = gd.graph_attention(q, k, v, g)
+    assert torch.equal(out, torch.zeros(4, 1, 2))
+    out.sum().backward()
+    assert torch.equal(k.grad, torch.zeros_like(k)) and torch.equal(q.grad, torch.zeros_like(q))
+
+
+def test_bad_input_errors():
+    g = rules.band(6, radius=1)
+    q = torch.randn(6, 2, 4)
+    with pytest.raises(ValueError, match="expected 6 local rows"):
+        gd.graph_attention(q[:5], q[:5], q[:5], g)
+    with pytest.raises(TypeError, match="expected graph to be an AttentionGraph, a ShardPlan or a rule"):
+        gd.graph_attention(q, q, q, g.edge_index)
+    with pytest.raises(ValueError, match=r"expected q of shape \[n_local, H, D\]"):
+        gd.graph_attention(q[0], q, q, g)
+    with pytest.raises(TypeError, match="one floating-point dtype"):
+        gd.graph_attention(q, q.double(), q, g)
+    with pytest.raises(ValueError, match="same rows"):
+        gd.graph_attention(q, q[:5], q, g)
+    with pytest.raises(ValueError, match="expected graph\\(queries=range\\(0, 6\\)\\) over num_nodes = 6"):
+        gd.graph_attention(q, q, q, functools.partial(rules.band, 7, radius=1))
+    with pytest.raises(ValueError, match="embed_dim = 8"):
+        gd.GraphAttention(8, 2)(torch.randn(6, 4), g)

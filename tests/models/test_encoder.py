@@ -1,0 +1,215 @@
+import pytest
+import torch
+from model_helpers import band_mask, dependency, reachability
+from reference import dense_attention
+
+from graphattn import AttentionGraph, rules
+from graphattn.models import FeedForward, GraphRule, SparseEncoder, SparseEncoderLayer
+from graphattn.nn.reversible import _ReversibleFunction
+
+
+def _grad_fns(t):
+    seen, stack = set(), [t.grad_fn]
+    while stack:
+        fn = stack.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        stack.extend(f for f, _ in fn.next_functions)
+    return {type(f).__name__ for f in seen}
+
+
+def test_two_band_layers_receptive_field_is_exactly_plus_minus_three():
+    torch.manual_seed(0)
+    enc = SparseEncoder(8, 2, graphs=[GraphRule(rules.band, radius=1), GraphRule(rules.band, radius=2)]).double()
+    x = torch.randn(16, 8, dtype=torch.float64)
+    dep = dependency(enc, x)
+    assert torch.equal(dep, band_mask(16, -3, 3))
+    # one layer: exactly its own band
+    one = SparseEncoder(8, 2, graphs=GraphRule(rules.band, radius=1), num_layers=1).double()
+    assert torch.equal(dependency(one, x), band_mask(16, -1, 1))
+
+
+def test_per_layer_schedule_matches_graph_reachability():
+    torch.manual_seed(1)
+    graphs = [rules.band(20, radius=1), rules.dilated(20, radius=1, dilation=4), rules.global_tokens(20, indices=[7])]
+    enc = SparseEncoder(8, 2, graphs=graphs).double()
+    x = torch.randn(20, 8, dtype=torch.float64)
+    assert torch.equal(dependency(enc, x), reachability([g.to_dense() for g in graphs]))
+
+
+def test_causal_band_layers_are_causal_by_gradients():
+    torch.manual_seed(2)
+    enc = SparseEncoder(8, 2, graphs=GraphRule(rules.band, radius=2, causal=True), num_layers=2).double()
+    dep = dependency(enc, torch.randn(14, 8, dtype=torch.float64))
+    assert torch.equal(dep, band_mask(14, -4, 0))  # j <= i, and exactly the 2-layer causal window
+
+
+def test_layer_matches_dense_reference():
+    """Pre-norm layer against a float64 dense masked-softmax computation written out by hand."""
+    torch.manual_seed(3)
+    g = rules.band(12, radius=2) | rules.global_tokens(12, indices=[0])
+    layer = SparseEncoderLayer(8, 2, ff_dim=16).double()
+    x = torch.randn(12, 8, dtype=torch.float64)
+    a = layer.attn
+    h = layer.norm1(x)
+    q, k, v = (p(h).view(12, 2, 4) for p in (a.q_proj, a.k_proj, a.v_proj))
+    att, _ = dense_attention(q, k, v, g.to_dense())
+    x1 = x + a.out_proj(att.reshape(12, 8))
+    h2 = layer.norm2(x1)
+    ref = x1 + layer.ff.lin2(torch.nn.functional.gelu(layer.ff.lin1(h2)))
+    torch.testing.assert_close(layer(x, g), ref, rtol=1e-12, atol=1e-12)
+
+
+def test_batched_equals_per_sample_and_graph_cache():
+    torch.manual_seed(4)
+    calls = []
+
+    def make(n):
+        calls.append(n)
+        return rules.band(n, radius=1) | rules.global_tokens(n, indices=[0])
+
+    enc = SparseEncoder(8, 2, graphs=make, num_layers=3)
+    x = torch.randn(3, 10, 8)
+    out = enc(x)
+    for b in range(3):
+        torch.testing.assert_close(out[b], enc(x[b]), rtol=1e-5, atol=1e-6)
+    enc(torch.randn(7, 8))
+    assert calls == [10, 7]  # one build per length, shared by the three layers
+    assert enc.graph(0, 10) is enc.graph(2, 10)
+
+
+def test_fixed_graph_entry_and_its_length_check():
+    g = rules.band(9, radius=1)
+    enc = SparseEncoder(8, 2, graphs=g, num_layers=2)
+    assert enc(torch.randn(9, 8)).shape == (9, 8)
+    with pytest.raises(ValueError, match=r"expected graphs\[0\] over n \+ num_global = 5 \+ 0 = 5 nodes, got 9"):
+        enc(torch.randn(5, 8))
+
+
+def test_reversible_equals_manual_two_stream_computation_in_float64():
+    """Reversible encoder (activations recomputed in backward) against the same two-stream
+    function evaluated with ordinary autograd: outputs, input and parameter gradients."""
+    torch.manual_seed(5)
+    graphs = [GraphRule(rules.band, radius=1), GraphRule(rules.dilated, radius=1, dilation=2),
+              GraphRule(rules.band, radius=3)]
+    enc = SparseEncoder(8, 2, graphs=graphs, reversible=True, ff_dim=16).double()
+    x = torch.randn(2, 15, 8, dtype=torch.float64, requires_grad=True)
+    out = enc(x)
+    assert "_ReversibleFunctionBackward" in _grad_fns(out)
+    w = torch.randn_like(out)
+    (out * w).sum().backward()
+    grads = {n: p.grad.clone() for n, p in enc.named_parameters()}
+    gx = x.grad.clone()
+
+    enc.zero_grad()
+    x2 = x.detach().clone().requires_grad_(True)
+    s1 = s2 = x2
+    for l, layer in enumerate(enc.layers):
+        g = enc.graph(l, 15)
+        s1 = s1 + layer.attention_block(s2, g)
+        s2 = s2 + layer.ff_block(s1)
+    ref = enc.norm((s1 + s2) / 2)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    (ref * w).sum().backward()
+    torch.testing.assert_close(gx, x2.grad, rtol=1e-9, atol=1e-10)
+    for n, p in enc.named_parameters():
+        torch.testing.assert_close(grads[n], p.grad, rtol=1e-9, atol=1e-10, msg=n)
+
+
+def test_reversible_with_dropout_replays_the_masks():
+    torch.manual_seed(6)
+    enc = SparseEncoder(8, 2, graphs=GraphRule(rules.band, radius=1), num_layers=2, reversible=True,
+                        dropout=0.3).double().train()
+    x = torch.randn(12, 8, dtype=torch.float64, requires_grad=True)
+    with torch.random.fork_rng():
+        torch.manual_seed(11)
+        out = enc(x)
+        out.pow(2).sum().backward()
+    gx = x.grad.clone()
+    x2 = x.detach().clone().requires_grad_(True)
+    with torch.random.fork_rng():
+        torch.manual_seed(11)
+        s1 = s2 = x2
+        for l, layer in enumerate(enc.layers):
+            s1 = s1 + layer.attention_block(s2, enc.graph(l, 12))
+            s2 = s2 + layer.ff_block(s1)
+        ref = enc.norm((s1 + s2) / 2)
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    ref.pow(2).sum().backward()
+    torch.testing.assert_close(gx, x2.grad, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("reversible", [False, True])
+def test_chunked_ff_is_identical(reversible):
+    torch.manual_seed(7)
+    kw = dict(graphs=GraphRule(rules.band, radius=2), num_layers=2, reversible=reversible)
+    plain = SparseEncoder(8, 2, **kw).double()
+    chunked = SparseEncoder(8, 2, chunked_ff=3, **kw).double()
+    chunked.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 13, 8, dtype=torch.float64)
+    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    a, b = plain(xa), chunked(xb)
+    torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    a.pow(2).sum().backward()
+    b.pow(2).sum().backward()
+    torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-10, atol=1e-12)
+    for (n, p), (_, q) in zip(plain.named_parameters(), chunked.named_parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-10, atol=1e-12, msg=n)
+
+
+def test_global_nodes_are_appended_and_dropped():
+    torch.manual_seed(8)
+    enc = SparseEncoder(8, 2, graphs=GraphRule(rules.global_nodes, count=2), num_layers=1, num_global=2).double()
+    x = torch.randn(3, 10, 8, dtype=torch.float64)
+    out, glob = enc(x, return_global=True)
+    assert out.shape == (3, 10, 8) and glob.shape == (3, 2, 8)
+    torch.testing.assert_close(enc(x), out)
+    # every token reaches every token through the global nodes in two layers, none in one
+    dep = dependency(lambda t: enc(t), x[0])
+    assert torch.equal(dep, torch.eye(10, dtype=torch.bool))  # global_nodes has no token-token edges but self
+    two = SparseEncoder(8, 2, graphs=GraphRule(rules.global_nodes, count=2), num_layers=2, num_global=2).double()
+    assert bool(dependency(two, x[0]).all())
+    assert enc.global_embeddings.shape == (2, 8)
+
+
+def test_feed_forward_shapes_and_default_width():
+    ff = FeedForward(6)
+    assert ff.ff_dim == 24 and ff(torch.randn(2, 3, 6)).shape == (2, 3, 6)
+
+
+def test_errors():
+    band = GraphRule(rules.band, radius=1)
+    with pytest.raises(ValueError, match="expected num_layers when graphs is a single"):
+        SparseEncoder(8, 2, graphs=band)
+    with pytest.raises(ValueError, match=r"expected num_layers = len\(graphs\) = 2, got 3"):
+        SparseEncoder(8, 2, graphs=[band, band], num_layers=3)
+    with pytest.raises(TypeError, match=r"expected graphs\[1\] to be an AttentionGraph"):
+        SparseEncoder(8, 2, graphs=[band, 3])
+    with pytest.raises(TypeError, match="expected graphs to be an AttentionGraph"):
+        SparseEncoder(8, 2, graphs=3)
+    with pytest.raises(ValueError, match=r"expected graphs to hold at least one"):
+        SparseEncoder(8, 2, graphs=[])
+    with pytest.raises(ValueError, match=r"expected graphs\[0\] \(None means a content-based attention\)"):
+        SparseEncoder(8, 2, graphs=[None])
+    with pytest.raises(ValueError, match="expected attentions to hold num_layers = 2 entries, got 1"):
+        SparseEncoder(8, 2, graphs=[band, band], attentions=[None])
+    with pytest.raises(ValueError, match="expected embed_dim divisible by num_heads"):
+        SparseEncoder(8, 3, graphs=band, num_layers=1)
+    with pytest.raises(ValueError, match="expected num_global >= 0, got -1"):
+        SparseEncoder(8, 2, graphs=band, num_layers=1, num_global=-1)
+    with pytest.raises(TypeError, match="expected reversible to be a bool"):
+        SparseEncoder(8, 2, graphs=band, num_layers=1, reversible=1)
+    with pytest.raises(ValueError, match="expected chunked_ff >= 1, got 0"):
+        SparseEncoder(8, 2, graphs=band, num_layers=1, chunked_ff=0)
+    enc = SparseEncoder(8, 2, graphs=band, num_layers=1)
+    with pytest.raises(ValueError, match=r"expected x of shape \[N, E\] or \[B, N, E\], got \[8\]"):
+        enc(torch.randn(8))
+    with pytest.raises(ValueError, match="expected x with last dim embed_dim = 8, got 4"):
+        enc(torch.randn(3, 4))
+    bad = SparseEncoder(8, 2, graphs=lambda n: "band", num_layers=1)
+    with pytest.raises(TypeError, match=r"expected graphs\[0\]\(5\) to return an AttentionGraph, got str"):
+        bad(torch.randn(5, 8))
+    with pytest.raises(TypeError, match="expected rule to be callable"):
+        GraphRule(3)
+    assert isinstance(enc.graph(0, 4), AttentionGraph)

@@ -1,0 +1,256 @@
+import math
+
+import pytest
+import torch
+from reference import dense_attention
+
+from graphattn import AttentionGraph, rules
+from graphattn.nn import RoutingAttention
+from graphattn.nn.lsh import head_seeds
+from graphattn.rules.kmeans import spherical_kmeans
+
+
+def influence_matrix(layer, x):
+    """[i, j]: size of the gradient of a random projection of output i with respect to input j."""
+    x = x.clone().requires_grad_()
+    out = layer(x)
+    w = torch.randn_like(out)
+    rows = [torch.autograd.grad((out[i] * w[i]).sum(), x, retain_graph=True)[0].abs().sum(1)
+            for i in range(out.shape[0])]
+    return torch.stack(rows)
+
+
+def head_graph(g: AttentionGraph, h: int) -> AttentionGraph:
+    sel = g.head_mask[:, h]
+    return AttentionGraph.from_edge_index(g.edge_index[:, sel], g.num_nodes, edge_label=g.edge_label[sel])
+
+
+def project(layer, x):
+    H, D = layer.num_heads, layer.head_dim
+    return (layer.q_proj(x).view(-1, H, D), layer.k_proj(x).view(-1, H, D), layer.v_proj(x).view(-1, H, D))
+
+
+def reference_mask(q, k, centroids, window, causal):
+    """Balanced routing by plain Python sorting (independent of the layer's tensor code)."""
+    n = q.shape[0]
+    qn, kn = q / q.norm(dim=-1, keepdim=True), k / k.norm(dim=-1, keepdim=True)
+    mask = torch.zeros(n, n, dtype=torch.bool)
+    for c in range(centroids.shape[0]):
+        sq, sk = (qn @ centroids[c]).tolist(), (kn @ centroids[c]).tolist()
+        queries = sorted(range(n), key=lambda i: (-sq[i], i))[:window]
+        keys = sorted(range(n), key=lambda j: (-sk[j], j))[:window]
+        for i in queries:
+            for j in keys:
+                mask[i, j] = True
+    if causal:
+        mask &= torch.ones(n, n, dtype=torch.bool).tril()
+    empty = ~mask.any(1)
+    mask[empty, empty] = True
+    return mask
+
+
+@pytest.mark.parametrize("causal,window", [(False, None), (True, None), (False, 3), (True, 7)])
+def test_matches_dense_reference_values_gradients_and_routing(causal, window):
+    torch.manual_seed(0)
+    layer = RoutingAttention(16, 2, num_clusters=4, window=window, causal=causal, seed=1).double()
+    x = torch.randn(2, 21, 16, dtype=torch.float64, requires_grad=True)
+    layer.eval()
+    out, graphs = layer(x, return_graph=True)
+    w = torch.randn_like(out)
+    (out * w).sum().backward()
+    grads = [x.grad.clone()] + [p.grad.clone() for p in layer.parameters()]
+    layer.zero_grad()
+    x.grad = None
+    H, D = 2, 8
+    win = window if window is not None else math.ceil(21 / 4)
+    refs = []
+    for b in range(2):
+        q, k, v = project(layer, x[b])
+        masks = torch.stack([reference_mask(q[:, h].detach(), k[:, h].detach(), layer.centroids[h], win, causal)
+                             for h in range(H)])
+        for h in range(H):
+            assert torch.equal(head_graph(graphs[b], h).to_dense(), masks[h])
+        o, _ = dense_attention(q, k, v, masks)  # scale 1/sqrt(d)
+        refs.append(layer.out_proj(o.reshape(-1, H * D)))
+    ref = torch.stack(refs)
+    (ref * w).sum().backward()
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+    for a, b in zip(grads, [x.grad] + [p.grad for p in layer.parameters()]):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
+def test_first_batch_seeds_centroids_like_rules_kmeans():
+    # One head, one sample: the layer's k-means++ initialisation and routing is rules.kmeans on
+    # the projected queries and keys with the head's seed.
+    torch.manual_seed(1)
+    layer = RoutingAttention(8, 1, num_clusters=3, window=4, seed=9).double().eval()
+    x = torch.randn(15, 8, dtype=torch.float64)
+    _, g = layer(x, return_graph=True)
+    q, k, _ = project(layer, x)
+    seed = int(head_seeds(9, 1)[0])
+    expected = rules.kmeans(q[:, 0].detach(), keys=k[:, 0].detach(), num_clusters=3, window=4, seed=seed)
+    assert torch.equal(head_graph(g, 0).edge_index, expected.edge_index)
+    c, _ = spherical_kmeans(torch.cat([q[:, 0], k[:, 0]]).detach(), num_clusters=3, seed=seed)
+    torch.testing.assert_close(layer.centroids[0], c)
+
+
+def test_evaluation_before_training_then_evaluation_freezes_and_training_moves_centroids():
+    torch.manual_seed(2)
+    layer = RoutingAttention(16, 2, num_clusters=3, seed=0)
+    assert not bool(layer.initialized)
+    layer.eval()
+    x = torch.randn(2, 18, 16)
+    out = layer(x)
+    assert bool(layer.initialized) and bool(out.isfinite().all())
+    norms = layer.centroids.norm(dim=-1)
+    torch.testing.assert_close(norms, torch.ones_like(norms))
+    frozen = layer.centroids.clone()
+    again = layer(x)
+    assert torch.equal(layer.centroids, frozen) and torch.equal(again, out)
+    assert layer.last_commitment_loss is None
+    layer.train()
+    layer(torch.randn(2, 18, 16))
+    assert not torch.equal(layer.centroids, frozen)
+
+
+def test_ema_update_formula():
+    torch.manual_seed(3)
+    decay = 0.9
+    layer = RoutingAttention(8, 2, num_clusters=3, ema_decay=decay, seed=0).double()
+    x = torch.randn(12, 8, dtype=torch.float64)
+    layer.eval()
+    layer(x)  # initialise
+    before = layer.centroids.clone()
+    y = torch.randn(12, 8, dtype=torch.float64)
+    layer.train()
+    layer(y)
+    q, k, _ = project(layer, y)
+    for h in range(2):
+        pts = torch.cat([q[:, h], k[:, h]]).detach()
+        pts = pts / pts.norm(dim=-1, keepdim=True)
+        assign = (pts @ before[h].T).argmax(1)
+        for c in range(3):
+            members = pts[assign == c]
+            if len(members) == 0:
+                expected = before[h, c]
+            else:
+                mean = members.sum(0) / members.sum(0).norm()
+                expected = decay * before[h, c] + (1 - decay) * mean
+                expected = expected / expected.norm()
+            torch.testing.assert_close(layer.centroids[h, c], expected)
+
+
+def test_unrouted_tokens_attend_themselves_never_zero_or_nan():
+    torch.manual_seed(4)
+    # window 1 and 2 clusters: at most 2 of 10 queries are routed per head, the rest are alone.
+    layer = RoutingAttention(8, 2, num_clusters=2, window=1, seed=0).double().eval()
+    x = torch.randn(10, 8, dtype=torch.float64)
+    out, g = layer(x, return_graph=True)
+    assert bool(out.isfinite().all())
+    q, k, v = project(layer, x)
+    for h in range(2):
+        m = head_graph(g, h).to_dense()
+        assert bool(m.any(1).all())
+        alone = (m.sum(1) == 1) & m.diagonal()
+        assert int(alone.sum()) >= 8
+    # a token that attends only itself in every head outputs its own value, projected
+    ones = torch.stack([(head_graph(g, h).to_dense().sum(1) == 1) & head_graph(g, h).to_dense().diagonal()
+                        for h in range(2)]).all(0)
+    i = int(torch.nonzero(ones)[0])
+    torch.testing.assert_close(out[i], layer.out_proj(v[i].reshape(-1)))
+
+
+@pytest.mark.parametrize("window", [None, 2])
+def test_causality_by_gradients(window):
+    torch.manual_seed(5)
+    n = 13
+    layer = RoutingAttention(8, 2, num_clusters=3, window=window, causal=True, seed=0).double().eval()
+    x = torch.randn(n, 8, dtype=torch.float64)
+    layer(x)  # initialise, so the jacobian's forward routes with fixed centroids
+    influence = influence_matrix(layer, x)
+    assert bool((influence.triu(1) == 0).all())
+    assert bool((influence.tril(-1) > 0).any())  # earlier tokens do reach later outputs
+
+
+def test_causality_by_gradients_in_training_mode_with_commitment():
+    torch.manual_seed(6)
+    layer = RoutingAttention(8, 2, num_clusters=3, causal=True, seed=0).double()
+    x = torch.randn(11, 8, dtype=torch.float64, requires_grad=True)
+    out = layer(x)
+    for i in range(11):
+        (gx,) = torch.autograd.grad(out[i].sum(), x, retain_graph=True)
+        assert bool((gx[i + 1:] == 0).all())
+
+
+def test_commitment_loss_value_and_gradient():
+    torch.manual_seed(7)
+    layer = RoutingAttention(8, 2, num_clusters=3, commitment=0.5, seed=0).double()
+    x = torch.randn(2, 9, 8, dtype=torch.float64)
+    layer.eval()
+    layer(x)
+    cent = layer.centroids.clone()
+    layer.train()
+    layer(x)
+    loss = layer.last_commitment_loss
+    q, k, _ = project(layer, x.reshape(-1, 8))
+    dists = []
+    for t in (q, k):
+        t = t / t.norm(dim=-1, keepdim=True)
+        sim = torch.einsum("nhd,hcd->nhc", t, cent)
+        near = cent[torch.arange(2), sim.argmax(-1)]  # [n, H, D]
+        dists.append((t - near).pow(2).sum(-1).mean())
+    torch.testing.assert_close(loss, 0.5 * 0.5 * (dists[0] + dists[1]))
+    loss.backward()
+    assert layer.q_proj.weight.grad.abs().sum() > 0 and layer.k_proj.weight.grad.abs().sum() > 0
+
+
+def test_batched_equals_per_sample_in_evaluation():
+    torch.manual_seed(8)
+    layer = RoutingAttention(16, 2, num_clusters=3, seed=0).eval()
+    x = torch.randn(3, 14, 16)
+    out, graphs = layer(x, return_graph=True)
+    for b in range(3):
+        ob, gb = layer(x[b], return_graph=True)
+        torch.testing.assert_close(out[b], ob, rtol=1e-5, atol=1e-6)
+        assert gb.equals(graphs[b])
+
+
+def test_state_dict_carries_centroids():
+    torch.manual_seed(9)
+    layer = RoutingAttention(8, 2, num_clusters=2, seed=0).eval()
+    x = torch.randn(10, 8)
+    out = layer(x)
+    copy = RoutingAttention(8, 2, num_clusters=2, seed=123).eval()
+    copy.load_state_dict(layer.state_dict())
+    assert torch.equal(copy(x), out)
+    layer.reset_parameters()
+    assert not bool(layer.initialized)
+
+
+def test_bad_arguments_name_the_parameter():
+    with pytest.raises(ValueError, match="num_clusters"):
+        RoutingAttention(8, 2, num_clusters=0)
+    with pytest.raises(ValueError, match="window"):
+        RoutingAttention(8, 2, num_clusters=2, window=0)
+    with pytest.raises(ValueError, match="ema_decay"):
+        RoutingAttention(8, 2, num_clusters=2, ema_decay=1.5)
+    with pytest.raises(ValueError, match="commitment"):
+        RoutingAttention(8, 2, num_clusters=2, commitment=-1.0)
+    with pytest.raises(TypeError, match="seed"):
+        RoutingAttention(8, 2, num_clusters=2, seed="0")
+    layer = RoutingAttention(8, 2, num_clusters=9)
+    with pytest.raises(ValueError, match="num_clusters = 9"):
+        layer(torch.randn(4, 8))  # 2 * 4 = 8 queries and keys cannot seed 9 centroids
+    with pytest.raises(ValueError, match="embed_dim"):
+        layer(torch.randn(4, 5))
+
+
+def test_top_window_is_the_stable_sort_prefix_with_ties():
+    from graphattn.nn.routing import _top_window
+
+    torch.manual_seed(10)
+    sim = torch.randint(0, 4, (3, 5, 17)).double()  # many ties
+    for w in (1, 4, 9, 17):
+        got = _top_window(sim, w)
+        ref = torch.sort(sim, dim=-1, descending=True, stable=True).indices[..., :w].sort(-1).values
+        assert torch.equal(got, ref)
