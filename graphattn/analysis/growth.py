@@ -10,7 +10,7 @@ al. (2020) show ``O(n)`` connections per layer already suffice for universal app
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -26,7 +26,7 @@ _MODELS = {
 }
 
 
-def scaling(rule: Callable, ns: Sequence[int]) -> dict:
+def scaling(rule: Callable, ns: Iterable[int]) -> dict:
     r"""Edges and keys per query of ``rule(n)`` for each ``n`` in ``ns``, with the growth law.
 
     Args:
@@ -53,8 +53,9 @@ def scaling(rule: Callable, ns: Sequence[int]) -> dict:
     """
     if not callable(rule):
         raise TypeError(f"expected rule to be a callable n -> AttentionGraph, got {type(rule).__name__}")
-    if isinstance(ns, (str, bytes)) or not isinstance(ns, Sequence):
+    if isinstance(ns, (str, bytes)) or not hasattr(ns, "__iter__"):
         raise TypeError(f"expected ns to be a sequence of ints, got {type(ns).__name__}")
+    ns = list(ns)
     sizes = sorted({check_int(f"ns[{p}]", n, minimum=2) for p, n in enumerate(ns)})
     if len(sizes) < 2:
         raise ValueError(f"expected at least two distinct lengths in ns, got {list(ns)}")

@@ -49,6 +49,8 @@ def _check_qk(q, k):
     q3, k3 = _as_heads("q", q), _as_heads("k", k)
     if q.dim() != k.dim() or q3.shape != k3.shape:
         raise ValueError(f"expected q and k of the same shape, got {list(q.shape)} and {list(k.shape)}")
+    if q3.dtype != k3.dtype:
+        raise TypeError(f"expected q and k of one dtype, got {q3.dtype} and {k3.dtype}")
     if q3.device != k3.device:
         raise ValueError(f"expected q and k on one device, got {q3.device} and {k3.device}")
     return q3, k3
@@ -236,7 +238,10 @@ def output_error(g: AttentionGraph, q: torch.Tensor, k: torch.Tensor, v: torch.T
     if v3.dtype != q3.dtype or v3.device != q3.device:
         raise ValueError(f"expected v with q's dtype and device ({q3.dtype}, {q3.device}), got {v3.dtype}, {v3.device}")
     key, query, hm, _ = _token_edges(g, n, H, q3.device)
-    graph = g if n == g.num_nodes else AttentionGraph.from_edge_index(torch.stack([key, query]), n, head_mask=hm)
+    if n == g.num_nodes:
+        graph = g if g.device == q3.device else g.to(q3.device)
+    else:
+        graph = AttentionGraph.from_edge_index(torch.stack([key, query]), n, head_mask=hm)
     scale = _scale(scale, D)
     sparse = graph_attention(q3, k3, v3, graph, scale=scale)
     acc = _acc(q3)

@@ -6,7 +6,8 @@ one-step flows, and the residual connection keeps every node's own state, so aft
 token ``u`` can influence token ``v`` exactly when the graph holds a directed path ``u -> v`` of
 at most ``L`` edges (Yun et al., 2020, Sec. 3; the "receptive field" of the catalog). Paths may
 pass through extra nodes (ETC globals, the Star relay, BPT spans): those nodes are updated by
-every layer too.
+every layer too. A per-head layout (``head_mask``) counts an edge when any head uses it: heads
+are mixed by the output projection of the same layer.
 
 References:
     Zaheer et al., "Big Bird: Transformers for Longer Sequences", NeurIPS 2020 (Sec. 3: a
@@ -23,6 +24,7 @@ import math
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 from scipy.sparse.csgraph import breadth_first_order, connected_components
 
 from graphattn._validate import check_int
@@ -30,15 +32,12 @@ from graphattn.analysis._common import check_graph, check_schedule, edges_numpy,
 from graphattn.analysis._propagate import propagate
 from graphattn.graph import AttentionGraph
 
-import torch
-
 __all__ = ["summary", "hops_to_cover", "receptive_field", "contains_star", "yun_conditions"]
 
 # A bitset layer over 64 sources costs about half a BFS (measured: ~3 ns per word-edge against
 # ~6 ns per edge for scipy's BFS); hops_to_cover switches from DiFUB to propagation when
 # (BFS visits DiFUB would make) > _BITSET_FACTOR * (diameter bound) * (words of 64 tokens).
 _BITSET_FACTOR = 0.5
-
 
 
 # ---------------------------------------------------------------------------------- summary
@@ -218,7 +217,7 @@ def hops_to_cover(g: AttentionGraph) -> int | float:
         return 2
     A = flow_matrix(g, self_loops=False, dtype=np.float64)  # csgraph's dtype: no copy per BFS
     _, scc = connected_components(A, directed=True, connection="strong")
-    if np.unique(scc[tokens]).size > 1:
+    if bool((scc[tokens] != scc[tokens[0]]).any()):
         return math.inf
     return _token_diameter(g, A, tokens, scc == scc[tokens[0]], lower=2)
 
@@ -296,6 +295,20 @@ def _has_star(key: np.ndarray, query: np.ndarray, is_token: np.ndarray, nt: int)
     return bool(((attended_by == need) & (attends == need)).any())
 
 
+def _sorted_unique(a: np.ndarray) -> np.ndarray:
+    """``np.unique`` by sorting (numpy 2's hash-based unique is many times slower on 10^7 ints)."""
+    a = np.sort(a)
+    return a[np.r_[True, a[1:] != a[:-1]]] if a.size else a
+
+
+def _contains(sorted_values: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Membership of ``x`` in a sorted array, by binary search."""
+    if sorted_values.size == 0:
+        return np.zeros(x.shape, dtype=bool)
+    pos = np.searchsorted(sorted_values, x).clip(max=sorted_values.size - 1)
+    return sorted_values[pos] == x
+
+
 def _token_arcs(graphs, tokens: np.ndarray):
     """Token-to-token arcs (key, query) of every layer, tokens renumbered ``0..nt-1``."""
     rank = np.full(graphs[0].num_nodes, -1, dtype=np.int64)
@@ -341,15 +354,15 @@ def _hamiltonian_path(arcs, nt: int, exact_limit: int):
     query = np.concatenate([q for _, q in arcs])
     keep = key != query
     key, query = key[keep], query[keep]
-    codes = np.unique(query * nt + key)
+    codes = _sorted_unique(query * nt + key)
     key, query = codes % nt, codes // nt
     chain = np.arange(nt - 1)
     # Cheap sufficient checks: the chain 0 -> 1 -> ... -> n-1 (query i+1 attends key i) or its
     # reverse (query i attends key i+1); or every unordered pair joined in some direction (a
     # tournament has a Hamiltonian path, Redei 1934).
-    if np.isin((chain + 1) * nt + chain, codes).all() or np.isin(chain * nt + chain + 1, codes).all():
+    if _contains(codes, (chain + 1) * nt + chain).all() or _contains(codes, chain * nt + chain + 1).all():
         return True
-    pairs = np.unique(np.minimum(key, query) * nt + np.maximum(key, query))
+    pairs = _sorted_unique(np.minimum(key, query) * nt + np.maximum(key, query))
     if pairs.size == nt * (nt - 1) // 2:
         return True
     # Cheap necessary checks: weakly connected; at most one token without an incoming arc
@@ -399,6 +412,10 @@ def yun_conditions(schedule, *, exact_limit: int = 12) -> dict:
     schedule with residuals; ``math.inf`` without coverage), ``satisfied`` (True when all three
     hold, False when one fails, "unknown" otherwise).
 
+    Cost: ``O(E)`` plus, for ``coverage_layers``, :func:`hops_to_cover` of the token graph for
+    a single pattern, or bitset propagation (``O(s * E * n / 64)`` word operations at most) for
+    a schedule of several.
+
     >>> from graphattn import rules
     >>> yun_conditions(rules.band(16, radius=1))["satisfied"]
     True
@@ -413,9 +430,7 @@ def yun_conditions(schedule, *, exact_limit: int = 12) -> dict:
     tokens = token_index(graphs[0])
     nt = tokens.size
     arcs = _token_arcs(graphs, tokens)
-    self_loops = all(
-        np.isin(np.arange(nt), k[k == q]).all() for k, q in arcs
-    )
+    self_loops = all(np.bincount(k[k == q], minlength=nt).all() for k, q in arcs)
     # Coverage: the union must be strongly connected over the tokens (with residuals each cycle
     # contains every layer's arcs, so then it covers within p * diameter(union) layers).
     key = np.concatenate([k for k, _ in arcs])

@@ -47,6 +47,8 @@ def test_bp_transformer_is_n_log_n(k):
 def test_sorted_unique_ns_and_errors():
     s = scaling(lambda n: rules.band(n, radius=1), [64, 16, 64, 32])
     assert s["ns"] == [16, 32, 64]
+    assert scaling(lambda n: rules.band(n, radius=1), torch.tensor([16, 32]))["ns"] == [16, 32]
+    assert scaling(lambda n: rules.band(n, radius=1), range(16, 49, 16))["ns"] == [16, 32, 48]
     with pytest.raises(TypeError, match="callable"):
         scaling(5, [2, 4])
     with pytest.raises(TypeError, match="sequence of ints"):

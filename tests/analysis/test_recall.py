@@ -126,6 +126,8 @@ def test_errors():
         attention_recall(g, q.numpy(), q)
     with pytest.raises(TypeError, match="floating-point"):
         attention_recall(g, q.long(), q.long())
+    with pytest.raises(TypeError, match="one dtype"):
+        attention_recall(g, q, q.double())
     with pytest.raises(ValueError, match="same shape"):
         attention_recall(g, q, q[:, :1])
     with pytest.raises(ValueError, match="g.num_nodes = 8 rows"):

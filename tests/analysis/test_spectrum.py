@@ -81,6 +81,23 @@ def test_sparse_solvers_against_dense(make, method, monkeypatch):
     assert s["normalized_gap"] == pytest.approx(gap, rel=rel)
 
 
+@pytest.mark.parametrize("make", [
+    lambda: rules.star_transformer(200), lambda: rules.star_transformer(201, cyclic=False),
+    lambda: rules.band(300, radius=2), lambda: rules.etc(250, num_global=2, radius=1),
+    lambda: rules.longformer(300, radius=1, dilation=[1, 3], global_indices=[7]),
+], ids=["star", "star_open", "band", "etc", "longformer"])
+def test_spectrum_slicing_against_dense(make, monkeypatch):
+    # force the inertia-bisection path of the factor solver (no Lanczos on the inverse)
+    monkeypatch.setattr(spectrum, "_LANCZOS_MAXITER", 0)
+    g = make()
+    lam2, lmax, gap = dense_reference(g)
+    s = spectral(g, dense_limit=2)
+    assert s["method"] == "factor"
+    assert s["lambda_2"] == pytest.approx(lam2, rel=1e-9)
+    assert s["normalized_gap"] == pytest.approx(gap, rel=1e-9)
+    assert s["lambda_max"] == pytest.approx(lmax, rel=1e-9)
+
+
 def test_closed_forms():
     # complete graph: every nontrivial eigenvalue is n
     s = spectral(rules.full(30))
@@ -131,8 +148,7 @@ def test_disconnected():
     assert s["lambda_max"] == 0.0 and s["num_components"] == 10
 
 
-@pytest.mark.slow  # n = 20,000 eigensolve: a minute on 2 cores
-def test_random_regular_near_ramanujan():
+def test_random_regular_near_ramanujan():  # ~3 s on 2 shared cores, most of it networkx sampling
     # Friedman: random d-regular graphs have every nontrivial adjacency eigenvalue within
     # 2 sqrt(d - 1) + o(1); at n = 20,000 the ratio sits near 1.
     s = spectral(rules.random_regular(20_000, degree=8, seed=0))
