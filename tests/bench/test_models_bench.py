@@ -28,7 +28,7 @@ def test_dense_peer_is_full_attention():
 def test_models_suite_table(monkeypatch, capsys):
     fake = iter(range(1, 1000))
 
-    def spawn(spec, timeout):
+    def spawn(spec, timeout, env=None):
         t = float(next(fake))
         return {"time_s": t, "peak_rss_gib": 2.0, "base_rss_gib": 0.5}
 
@@ -38,3 +38,4 @@ def test_models_suite_table(monkeypatch, capsys):
     assert "depth 3" in out and "| reversible+chunked | 4,096" in out
     assert "n^2 pairs: dense only up to 16,384" in out and "| chunks=16" in out
     assert out.count("| lsh ") == 4 and "1.50" in out  # peak - start
+    assert "mmap 64K" in out
