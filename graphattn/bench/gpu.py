@@ -36,11 +36,12 @@ import traceback
 import torch
 
 from graphattn.bench._timing import format_table
+from graphattn.bench.attention import BLOCK, RADIUS, RANDOM_KEYS, _graph  # the CPU bench's patterns
+from graphattn.nn.reference import dense_attention, dense_bias
 
 __all__ = ["PEAK_TFLOPS", "run", "exactness", "timings", "targets"]
 
 PEAK_TFLOPS = 790.0  # H200 bf16 dense matmul throughput, as issue 7 takes it
-RADIUS, BLOCK, RANDOM_KEYS = 128, 64, 32
 H, D = 8, 64
 BAND_N = (16384, 65536, 262144, 1048576)
 OTHER_N = (16384, 65536, 262144)
@@ -104,20 +105,6 @@ def _time(fn, device, repeats: int, warmup: int = 1):
 # Exactness
 
 
-def _reference(q, k, v, mask, bias_dense=None, scale=None):
-    """Dense masked softmax attention in float64; rows without keys give zeros."""
-    q, k, v = q.double(), k.double(), v.double()
-    scale = q.shape[-1] ** -0.5 if scale is None else scale
-    s = torch.einsum("ihd,jhd->hij", q, k) * scale
-    if bias_dense is not None:
-        s = s + bias_dense.double()
-    mask = mask if mask.dim() == 3 else mask[None]
-    s = s.masked_fill(~mask, float("-inf"))
-    p = torch.softmax(s, dim=-1)
-    p = torch.where(mask.any(-1, keepdim=True), p, torch.zeros_like(p))
-    return torch.einsum("hij,jhd->ihd", p, v)
-
-
 def _dense(edge_index, nq, nk, head_mask, heads, device):
     if head_mask is None:
         m = torch.zeros(nq, nk, dtype=torch.bool, device=device)
@@ -128,12 +115,6 @@ def _dense(edge_index, nq, nk, head_mask, heads, device):
         e = edge_index[:, head_mask[:, h]]
         m[h, e[1], e[0]] = True
     return m
-
-
-def _dense_bias(edge_index, bias, nq, nk):
-    out = torch.zeros(bias.shape[1], nq, nk, dtype=bias.dtype, device=bias.device)
-    hh = torch.arange(bias.shape[1], device=bias.device)[:, None].expand(-1, edge_index.shape[1])
-    return out.index_put((hh, edge_index[1][None].expand_as(hh), edge_index[0][None].expand_as(hh)), bias.t())
 
 
 def _exact_cases(n: int):
@@ -208,7 +189,7 @@ def exactness(device="cuda", n: int = 2048, heads: int = 4, dim: int = 64, dtype
                 wrt = (q, k, v) + ((bias,) if with_bias else ())
                 mask = _dense(ei, nq, nk, hm, heads, device)
                 ref_in = [t.detach().double().requires_grad_(True) for t in wrt]
-                ref = _reference(*ref_in[:3], mask, _dense_bias(ei, ref_in[3], nq, nk) if with_bias else None)
+                ref = dense_attention(*ref_in[:3], mask, dense_bias(ei, ref_in[3], nq, nk) if with_bias else None)[0]
                 go = torch.randn(ref.shape, generator=gen, device=device, dtype=torch.float64)
                 ref_grads = torch.autograd.grad(ref, ref_in, go)
                 with use(Backend.TRITON):
@@ -304,18 +285,6 @@ def _flex_band(n: int, device, block: int = 128):
         from torch.nn.attention.flex_attention import flex_attention as flex
 
     return lambda q, k, v: (flex(q, k, v, block_mask=mask),)
-
-
-def _graph(pattern: str, n: int):
-    from graphattn import rules
-
-    if pattern == "band":
-        return rules.band(n, radius=RADIUS)
-    if pattern == "bigbird":
-        return rules.bigbird(n, block=BLOCK, seed=0)
-    if pattern == "random":
-        return rules.random(n, keys_per_query=RANDOM_KEYS, seed=0)
-    raise ValueError(f"expected pattern in ('band', 'bigbird', 'random'), got {pattern!r}")
 
 
 METHODS = ("graphattn", "graphattn_t128", "flex", "dense_sdpa", "gather_scatter")

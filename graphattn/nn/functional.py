@@ -35,7 +35,7 @@ def _check_qkv(q, k, v):
         raise ValueError(f"expected q, k, v on one device, got {q.device}, {k.device}, {v.device}")
 
 
-def _check_graph(graph, nq: int, nk: int, num_queries, device):
+def _check_graph(graph, nq: int, nk: int, device):
     """Return (edge_index, head_mask, graph-or-edge_index for the plan)."""
     if isinstance(graph, AttentionGraph):
         if graph.num_nodes != nq or graph.num_nodes != nk:
@@ -114,7 +114,7 @@ def graph_attention(
     nk = k.shape[0]
     if num_queries is not None and check_int("num_queries", num_queries, minimum=0) != nq:
         raise ValueError(f"expected q with num_queries = {num_queries} rows, got {nq}")
-    edge_index, head_mask, plan_src = _check_graph(graph, nq, nk, num_queries, q.device)
+    edge_index, head_mask, plan_src = _check_graph(graph, nq, nk, q.device)
     E = edge_index.shape[1]
     if head_mask is not None and head_mask.shape[1] != H:
         raise ValueError(f"expected {head_mask.shape[1]} heads for the graph's per-head layout, got {H}")
