@@ -51,6 +51,10 @@ def main(argv=None) -> int:
     gp.add_argument("--max-n", type=int, default=1048576, help="largest sequence length timed")
     gp.add_argument("--exact-n", type=int, default=4096, help="nodes of the exactness graphs")
     gp.add_argument("--allow-cpu", action="store_true", help=argparse.SUPPRESS)  # dry runs in the tests
+    gc = sub.add_parser("gpu-compile", help="compile the fused kernels for a GPU (no GPU needed): registers, spills, "
+                                           "shared memory, tensor cores")
+    gc.add_argument("--arch", type=int, choices=[80, 90], default=90, help="compute capability (default 90: H100/H200)")
+    gc.add_argument("--n", type=int, default=4096, help="nodes of the stand-in graphs")
     args = parser.parse_args(argv)
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
@@ -88,6 +92,10 @@ def main(argv=None) -> int:
         from graphattn.bench.gpu import main as gpu_main
 
         return gpu_main(args)
+    if args.suite == "gpu-compile":
+        from graphattn.bench.gpu_compile import main as compile_main
+
+        return compile_main(args)
     return 0
 
 

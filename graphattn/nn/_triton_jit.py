@@ -73,12 +73,22 @@ def _mm(a, b, PREC: tl.constexpr, EMU: tl.constexpr):
 
 @triton.jit
 def _tile_scores(q, kt, rows, rok, cols, cok, t, h, hm, BIAS, EMAP, MASK, FULL, H, HM, T, scale2,
-                 BLOCK_T: tl.constexpr, HAS_BIAS: tl.constexpr, PREC: tl.constexpr, EMU: tl.constexpr):
-    """Log2-domain scores of one dense tile, -inf off the graph; also the cell -> edge map."""
+                 BLOCK_T: tl.constexpr, HAS_BIAS: tl.constexpr, PREC: tl.constexpr, EMU: tl.constexpr,
+                 KEYS_FIRST: tl.constexpr = False):
+    """Log2-domain scores of one dense tile, -inf off the graph; also the cell -> edge map.
+
+    ``s[query, key]`` from ``q [Tq, D]`` and ``kt [Tk, D]``; with KEYS_FIRST the transposed
+    tile ``s[key, query]`` from ``kt`` and ``q`` given as ``[D, Tq]`` (the dK/dV pass, which
+    then needs no transpose of computed values: those go through shared memory)."""
     r = tl.arange(0, BLOCK_T)
-    s = _mm(q, tl.trans(kt), PREC, EMU) * scale2
-    ok = rok[:, None] & cok[None, :]
-    cell = r[:, None] * T + r[None, :]
+    if KEYS_FIRST:
+        s = _mm(kt, q, PREC, EMU) * scale2
+        ok = cok[:, None] & rok[None, :]
+        cell = r[None, :] * T + r[:, None]  # the bitmaps are [query, key]
+    else:
+        s = _mm(q, tl.trans(kt), PREC, EMU) * scale2
+        ok = rok[:, None] & cok[None, :]
+        cell = r[:, None] * T + r[None, :]
     t64 = tl.full([], 0, tl.int64) + t  # t is an int32 scalar (a Python int in the interpreter)
     full = tl.load(FULL + t64 * HM + hm)
     # A full tile's bitmap is never read: its loads are all predicated off.
@@ -287,9 +297,13 @@ def _dense_bwd_dkdv(Q, K, V, BIAS, EMAP, MASK, FULL, UNIT, START, STOP, KPERM, T
                     nq, nk, H, HM, D, DV, T, scale, scale2, k0, k1, thr, inv_keep,
                     BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
                     HAS_BIAS: tl.constexpr, PER_HEAD: tl.constexpr, DROPOUT: tl.constexpr,
-                    PARTIAL: tl.constexpr, PREC: tl.constexpr, EMU: tl.constexpr):
+                    PARTIAL: tl.constexpr, PREC: tl.constexpr, EMU: tl.constexpr,
+                    KEYS_FIRST: tl.constexpr, WANT_DK: tl.constexpr, WANT_DV: tl.constexpr):
     """One (work item, head): dK and dV of key block ``UNIT`` over the tiles ``KPERM[START..STOP]``
-    (the query blocks that attend it); with PARTIAL into the item's slot (summed afterwards)."""
+    (the query blocks that attend it); with PARTIAL into the item's slot (summed afterwards).
+    KEYS_FIRST: the tile's scores in [key, query] orientation. WANT_DK / WANT_DV: compute only
+    one of the two (fp32 launches twice: its FMA matmuls spill registers when one program holds
+    both accumulators; see triton_kernels._dense_config)."""
     b = tl.program_id(0)
     h = tl.program_id(1)
     if PER_HEAD:
@@ -313,33 +327,74 @@ def _dense_bwd_dkdv(Q, K, V, BIAS, EMAP, MASK, FULL, UNIT, START, STOP, KPERM, T
         qb = tl.load(TQ + t).to(tl.int64)
         rows = qb * T + r
         rok = (r < T) & (rows < nq)
-        q = tl.load(Q + (rows * H + h)[:, None] * D + dd[None, :], mask=rok[:, None] & (dd < D)[None, :],
-                    other=0.0)
-        do = tl.load(DO + (rows * H + h)[:, None] * DV + dv[None, :], mask=rok[:, None] & (dv < DV)[None, :],
-                     other=0.0)
         lse2, delta = _row_stats(LSE, DELTA, rows * H + h, rok)
-        s, ok, e = _tile_scores(q, kt, rows, rok, cols, cok, t, h, hm, BIAS, EMAP, MASK, FULL, H, HM, T,
-                                scale2, BLOCK_T, HAS_BIAS, PREC, EMU)
-        p = tl.exp2(s - lse2[:, None])  # [Tq, Tk]
-        dp = _mm(do, tl.trans(vt), PREC, EMU)
-        if DROPOUT:
-            code = rows[:, None] * nk + cols[None, :]
-            keep = _keep(code, h, k0, k1, thr)
-            pd = tl.where(keep, p * inv_keep, 0.0)
-            dp = tl.where(keep, dp * inv_keep, 0.0)
+        if KEYS_FIRST:
+            # FlashAttention-2's dK/dV loop: S^T = K Q^T, dV += P^T dO, dP^T = V dO^T,
+            # dK += dS^T Q, with Q^T and dO^T read transposed from memory: no computed value is
+            # transposed. For fp32 (FMA matmuls) this is what keeps registers from spilling.
+            qt = tl.load(Q + (rows * H + h)[None, :] * D + dd[:, None], mask=rok[None, :] & (dd < D)[:, None],
+                         other=0.0)
+            pt, ok, e = _tile_scores(qt, kt, rows, rok, cols, cok, t, h, hm, BIAS, EMAP, MASK, FULL, H, HM, T,
+                                     scale2, BLOCK_T, HAS_BIAS, PREC, EMU, True)
+            pt = tl.exp2(pt - lse2[None, :])  # [Tk, Tq]
+            if DROPOUT:
+                keep = _keep(rows[None, :] * nk + cols[:, None], h, k0, k1, thr)
+            if WANT_DV:
+                do = tl.load(DO + (rows * H + h)[:, None] * DV + dv[None, :],
+                             mask=rok[:, None] & (dv < DV)[None, :], other=0.0)
+                if DROPOUT:
+                    pdt = tl.where(keep, pt * inv_keep, 0.0)
+                else:
+                    pdt = pt
+                dvacc += _mm(pdt.to(do.dtype), do, PREC, EMU)
+            if WANT_DK:
+                dot_ = tl.load(DO + (rows * H + h)[None, :] * DV + dv[:, None],
+                               mask=rok[None, :] & (dv < DV)[:, None], other=0.0)
+                dpt = _mm(vt, dot_, PREC, EMU)
+                if DROPOUT:
+                    dpt = tl.where(keep, dpt * inv_keep, 0.0)
+                dst = pt * (dpt - delta[None, :])
+                dk += _mm(dst.to(qt.dtype), tl.trans(qt), PREC, EMU)
         else:
-            pd = p
-        dvacc += _mm(tl.trans(pd.to(do.dtype)), do, PREC, EMU)
-        ds = p * (dp - delta[:, None])
-        dk += _mm(tl.trans(ds.to(q.dtype)), q, PREC, EMU)
+            # Query-first (the forward's orientation), transposing P and dS in registers: with
+            # tensor-core matmuls this takes less shared memory than reading Q and dO twice.
+            q = tl.load(Q + (rows * H + h)[:, None] * D + dd[None, :], mask=rok[:, None] & (dd < D)[None, :],
+                        other=0.0)
+            do = tl.load(DO + (rows * H + h)[:, None] * DV + dv[None, :], mask=rok[:, None] & (dv < DV)[None, :],
+                         other=0.0)
+            s, ok, e = _tile_scores(q, kt, rows, rok, cols, cok, t, h, hm, BIAS, EMAP, MASK, FULL, H, HM, T,
+                                    scale2, BLOCK_T, HAS_BIAS, PREC, EMU)
+            p = tl.exp2(s - lse2[:, None])  # [Tq, Tk]
+            if DROPOUT:
+                keep = _keep(rows[:, None] * nk + cols[None, :], h, k0, k1, thr)
+            if WANT_DV:
+                if DROPOUT:
+                    pd = tl.where(keep, p * inv_keep, 0.0)
+                else:
+                    pd = p
+                dvacc += _mm(tl.trans(pd.to(do.dtype)), do, PREC, EMU)
+            if WANT_DK:
+                dp = _mm(do, tl.trans(vt), PREC, EMU)
+                if DROPOUT:
+                    dp = tl.where(keep, dp * inv_keep, 0.0)
+                ds = p * (dp - delta[:, None])
+                dk += _mm(tl.trans(ds.to(q.dtype)), q, PREC, EMU)
     if PARTIAL:
         slot = (tl.full([], 0, tl.int64) + b) * T + r
         sok = r < T
-        tl.store(DK + (slot * H + h)[:, None] * D + dd[None, :], dk * scale, mask=sok[:, None] & (dd < D)[None, :])
-        tl.store(DVAL + (slot * H + h)[:, None] * DV + dv[None, :], dvacc, mask=sok[:, None] & (dv < DV)[None, :])
+        if WANT_DK:
+            tl.store(DK + (slot * H + h)[:, None] * D + dd[None, :], dk * scale,
+                     mask=sok[:, None] & (dd < D)[None, :])
+        if WANT_DV:
+            tl.store(DVAL + (slot * H + h)[:, None] * DV + dv[None, :], dvacc,
+                     mask=sok[:, None] & (dv < DV)[None, :])
     else:
-        tl.store(DK + (cols * H + h)[:, None] * D + dd[None, :], dk * scale, mask=cok[:, None] & (dd < D)[None, :])
-        tl.store(DVAL + (cols * H + h)[:, None] * DV + dv[None, :], dvacc, mask=cok[:, None] & (dv < DV)[None, :])
+        if WANT_DK:
+            tl.store(DK + (cols * H + h)[:, None] * D + dd[None, :], dk * scale,
+                     mask=cok[:, None] & (dd < D)[None, :])
+        if WANT_DV:
+            tl.store(DVAL + (cols * H + h)[:, None] * DV + dv[None, :], dvacc,
+                     mask=cok[:, None] & (dv < DV)[None, :])
 
 
 @triton.jit(do_not_specialize=_NO_SPEC)

@@ -29,7 +29,9 @@ matmuls. The output has the input dtype.
 Triton is optional: this module imports without it, and :func:`triton_available` /
 :func:`triton_unavailable_reason` say whether the kernels can load. On CPU tensors the kernels
 run only under the Triton interpreter (``TRITON_INTERPRET=1`` set before triton is first
-imported), which is how the test suite checks them without a GPU.
+imported), which is how the test suite checks them without a GPU; :mod:`graphattn.nn.triton_aot`
+compiles them for a GPU architecture without one (registers, spills, shared memory, tensor
+cores), which is where the launch configuration (:func:`_dense_config`) comes from.
 
 >>> isinstance(triton_available(), bool)
 True
@@ -294,6 +296,22 @@ def _finish(m, l, acc, dtype):
 # Launchers.
 
 
+def _dense_config(block_t: int, dtype: torch.dtype, has_bias: bool):
+    """``(warps, keys_first, dkdv_passes)`` of the dense-tile programs, chosen from the sm_90
+    compile report (``python -m graphattn.bench gpu-compile``: registers and spills of every
+    variant; no GPU timing has been made yet).
+
+    bf16 / fp16 matmuls run on the tensor cores (wgmma): 4 warps hold a 64-tile without
+    spilling, the bias gather (edge map and bias loads per cell) needs 8, a 128-tile needs 8;
+    dK/dV in the forward's orientation (less shared memory than reading Q and dO twice).
+    fp32 runs IEEE matmuls on the FMA units, whose operands are replicated across threads: 16
+    warps, dK/dV keys-first (no register transposes) and in two launches (one accumulator
+    each) are what compile without spills (up to 10 KB per thread otherwise)."""
+    if dtype == torch.float32:
+        return (16 if block_t >= 64 else 8), True, ((True, False), (False, True))
+    return (8 if block_t >= 128 or (has_bias and block_t >= 64) else 4), False, ((True, True),)
+
+
 class _Call:
     """Per-call constants shared by the launches of one forward or backward."""
 
@@ -314,7 +332,9 @@ class _Call:
         self.consts = dict(BLOCK_D=max(16, triton_next_pow2(self.D)), BLOCK_DV=max(16, triton_next_pow2(self.DV)))
         self.prec = "ieee" if q.dtype == torch.float32 else None  # never TF32 for fp32 inputs
         self.emu = interp and q.dtype == torch.bfloat16
-        self.warps = 1 if interp else (8 if tabs.block_t >= 128 else 4)  # dense kernels
+        self.warps, self.keys_first, self.dkdv_passes = _dense_config(tabs.block_t, q.dtype, self.has_bias)
+        if interp:
+            self.warps = 1
         self.csr_warps = 1 if interp else (4 if tabs.block_n >= 64 else 2)
 
     def drop_args(self):
@@ -435,9 +455,11 @@ def _backward(dout, q, k, v, bias, out, lse, tabs: _Tables, scale, dropout_p, dr
             n, unit, start, stop = _items(tabs.kwork, partial)
             if n:
                 tk_, tv_ = (c.f32(n, T, H, D), c.f32(n, T, H, DV)) if partial else (dk, dv)
-                impl._dense_bwd_dkdv[(n, H)](
-                    q, k, v, c.bias, c.emap(), tabs.mask, tabs.full, unit, start, stop, tabs.kperm, tabs.tq,
-                    dout, lse, delta, tk_, tv_, *args, PARTIAL=partial, **common)
+                for want_dk, want_dv in c.dkdv_passes:
+                    impl._dense_bwd_dkdv[(n, H)](
+                        q, k, v, c.bias, c.emap(), tabs.mask, tabs.full, unit, start, stop, tabs.kperm, tabs.tq,
+                        dout, lse, delta, tk_, tv_, *args, PARTIAL=partial, KEYS_FIRST=c.keys_first,
+                        WANT_DK=want_dk, WANT_DV=want_dv, **common)
                 if partial:
                     _assign_blocks(dk, tabs, tabs.kwork, tk_, nk)
                     _assign_blocks(dv, tabs, tabs.kwork, tv_, nk)
