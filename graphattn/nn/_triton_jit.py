@@ -62,6 +62,35 @@ def _keep(code, h, k0, k1, thr):
 
 
 @triton.jit
+def _program(PER_HEAD: tl.constexpr):
+    """(work item, head, head of the edge layout) of this program."""
+    h = tl.program_id(1)
+    if PER_HEAD:
+        hm = h
+    else:
+        hm = 0
+    return tl.program_id(0), h, hm
+
+
+@triton.jit
+def _load_rows(P, rows, ok, H, h, W, cols):
+    """``P[rows, h, :W]`` of an ``[N, H, W]`` tensor as a ``[rows, cols]`` block (zeros where
+    not ``ok`` and past ``W``)."""
+    return tl.load(P + (rows * H + h)[:, None] * W + cols[None, :], mask=ok[:, None] & (cols < W)[None, :], other=0.0)
+
+
+@triton.jit
+def _load_rows_t(P, rows, ok, H, h, W, cols):
+    """The same block transposed, ``[cols, rows]``, read in that order from memory."""
+    return tl.load(P + (rows * H + h)[None, :] * W + cols[:, None], mask=ok[None, :] & (cols < W)[:, None], other=0.0)
+
+
+@triton.jit
+def _store_rows(P, rows, ok, H, h, W, cols, x):
+    tl.store(P + (rows * H + h)[:, None] * W + cols[None, :], x, mask=ok[:, None] & (cols < W)[None, :])
+
+
+@triton.jit
 def _mm(a, b, PREC: tl.constexpr, EMU: tl.constexpr):
     # EMU: the interpreter multiplies bfloat16 bit patterns as integers, so bf16 operands are
     # widened first (exact); their fp32 products and accumulation match the tensor cores'.
@@ -115,12 +144,7 @@ def _dense_fwd(Q, K, V, BIAS, EMAP, MASK, FULL, UNIT, START, STOP, TK,
     """One (work item, head): online softmax over the tiles ``START..STOP`` of query block
     ``UNIT``. FINAL: write the normalised output and lse; else the running (acc, m, l) per row,
     or with PARTIAL per item (a segment of a long block, merged afterwards)."""
-    b = tl.program_id(0)
-    h = tl.program_id(1)
-    if PER_HEAD:
-        hm = h
-    else:
-        hm = 0
+    b, h, hm = _program(PER_HEAD)
     qb = tl.load(UNIT + b).to(tl.int64)
     t0 = tl.load(START + b)
     t1 = tl.load(STOP + b)
@@ -129,7 +153,7 @@ def _dense_fwd(Q, K, V, BIAS, EMAP, MASK, FULL, UNIT, START, STOP, TK,
     dv = tl.arange(0, BLOCK_DV)
     rows = qb * T + r
     rok = (r < T) & (rows < nq)
-    q = tl.load(Q + (rows * H + h)[:, None] * D + dd[None, :], mask=rok[:, None] & (dd < D)[None, :], other=0.0)
+    q = _load_rows(Q, rows, rok, H, h, D, dd)
     m_i = tl.full([BLOCK_T], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_T], tl.float32)
     acc = tl.zeros([BLOCK_T, BLOCK_DV], tl.float32)
@@ -137,8 +161,7 @@ def _dense_fwd(Q, K, V, BIAS, EMAP, MASK, FULL, UNIT, START, STOP, TK,
         kb = tl.load(TK + t).to(tl.int64)
         cols = kb * T + r
         cok = (r < T) & (cols < nk)
-        kt = tl.load(K + (cols * H + h)[:, None] * D + dd[None, :], mask=cok[:, None] & (dd < D)[None, :],
-                     other=0.0)
+        kt = _load_rows(K, cols, cok, H, h, D, dd)
         s, ok, e = _tile_scores(q, kt, rows, rok, cols, cok, t, h, hm, BIAS, EMAP, MASK, FULL, H, HM, T,
                                 scale2, BLOCK_T, HAS_BIAS, PREC, EMU)
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -149,25 +172,23 @@ def _dense_fwd(Q, K, V, BIAS, EMAP, MASK, FULL, UNIT, START, STOP, TK,
         if DROPOUT:
             code = rows[:, None] * nk + cols[None, :]
             p = tl.where(_keep(code, h, k0, k1, thr), p * inv_keep, 0.0)
-        vt = tl.load(V + (cols * H + h)[:, None] * DV + dv[None, :], mask=cok[:, None] & (dv < DV)[None, :],
-                     other=0.0)
+        vt = _load_rows(V, cols, cok, H, h, DV, dv)
         acc = acc * alpha[:, None] + _mm(p.to(vt.dtype), vt, PREC, EMU)
         m_i = m_new
-    omask = rok[:, None] & (dv < DV)[None, :]
     if PARTIAL:
         slot = (tl.full([], 0, tl.int64) + b) * T + r
         sok = r < T
-        tl.store(ACC + (slot * H + h)[:, None] * DV + dv[None, :], acc, mask=sok[:, None] & (dv < DV)[None, :])
+        _store_rows(ACC, slot, sok, H, h, DV, dv, acc)
         tl.store(M + slot * H + h, m_i, mask=sok)
         tl.store(L + slot * H + h, l_i, mask=sok)
     elif FINAL:
         l_safe = tl.where(l_i > 0, l_i, 1.0)
         out = acc / l_safe[:, None]
         lse = tl.where(l_i > 0, (m_i + tl.log2(l_safe)) * 0.6931471805599453, float("-inf"))
-        tl.store(OUT + (rows * H + h)[:, None] * DV + dv[None, :], out.to(OUT.dtype.element_ty), mask=omask)
+        _store_rows(OUT, rows, rok, H, h, DV, dv, out.to(OUT.dtype.element_ty))
         tl.store(LSE + rows * H + h, lse, mask=rok)
     else:
-        tl.store(ACC + (rows * H + h)[:, None] * DV + dv[None, :], acc, mask=omask)
+        _store_rows(ACC, rows, rok, H, h, DV, dv, acc)
         tl.store(M + rows * H + h, m_i, mask=rok)
         tl.store(L + rows * H + h, l_i, mask=rok)
 
@@ -201,7 +222,7 @@ def _csr_fwd(Q, K, V, BIAS, ROWS, START, STOP, COL, EID, HA, ACC, M, L, OUT, LSE
         offs = e0 + tl.arange(0, BLOCK_N)
         ev = offs < end
         j = tl.load(COL + offs, mask=ev, other=0).to(tl.int64)
-        kt = tl.load(K + (j * H + h)[:, None] * D + dd[None, :], mask=ev[:, None] & (dd < D)[None, :], other=0.0)
+        kt = _load_rows(K, j, ev, H, h, D, dd)
         s = tl.sum(kt.to(tl.float32) * q[None, :], 1) * scale2
         if PER_HEAD:
             ev = ev & (tl.load(HA + offs.to(tl.int64) * H + h, mask=ev, other=0) != 0)
@@ -216,7 +237,7 @@ def _csr_fwd(Q, K, V, BIAS, ROWS, START, STOP, COL, EID, HA, ACC, M, L, OUT, LSE
         l_i = l_i * alpha + tl.sum(p, 0)
         if DROPOUT:
             p = tl.where(_keep(i * nk + j, h, k0, k1, thr), p * inv_keep, 0.0)
-        vt = tl.load(V + (j * H + h)[:, None] * DV + dv[None, :], mask=ev[:, None] & (dv < DV)[None, :], other=0.0)
+        vt = _load_rows(V, j, ev, H, h, DV, dv)
         acc = acc * alpha + tl.sum(p[:, None] * vt.to(tl.float32), 0)
         m_i = m_new
     if PARTIAL:
@@ -247,12 +268,7 @@ def _dense_bwd_dq(Q, K, V, BIAS, EMAP, MASK, FULL, UNIT, START, STOP, TK, DO, LS
                   DROPOUT: tl.constexpr, PARTIAL: tl.constexpr, PREC: tl.constexpr, EMU: tl.constexpr):
     """One (work item, head): dQ of query block ``UNIT`` over its tiles ``START..STOP``, and
     dbias of their edges; with PARTIAL dQ goes to the item's slot (summed afterwards)."""
-    b = tl.program_id(0)
-    h = tl.program_id(1)
-    if PER_HEAD:
-        hm = h
-    else:
-        hm = 0
+    b, h, hm = _program(PER_HEAD)
     qb = tl.load(UNIT + b).to(tl.int64)
     t0 = tl.load(START + b)
     t1 = tl.load(STOP + b)
@@ -261,19 +277,16 @@ def _dense_bwd_dq(Q, K, V, BIAS, EMAP, MASK, FULL, UNIT, START, STOP, TK, DO, LS
     dv = tl.arange(0, BLOCK_DV)
     rows = qb * T + r
     rok = (r < T) & (rows < nq)
-    q = tl.load(Q + (rows * H + h)[:, None] * D + dd[None, :], mask=rok[:, None] & (dd < D)[None, :], other=0.0)
-    do = tl.load(DO + (rows * H + h)[:, None] * DV + dv[None, :], mask=rok[:, None] & (dv < DV)[None, :],
-                 other=0.0)
+    q = _load_rows(Q, rows, rok, H, h, D, dd)
+    do = _load_rows(DO, rows, rok, H, h, DV, dv)
     lse2, delta = _row_stats(LSE, DELTA, rows * H + h, rok)
     dq = tl.zeros([BLOCK_T, BLOCK_D], tl.float32)
     for t in range(t0, t1):
         kb = tl.load(TK + t).to(tl.int64)
         cols = kb * T + r
         cok = (r < T) & (cols < nk)
-        kt = tl.load(K + (cols * H + h)[:, None] * D + dd[None, :], mask=cok[:, None] & (dd < D)[None, :],
-                     other=0.0)
-        vt = tl.load(V + (cols * H + h)[:, None] * DV + dv[None, :], mask=cok[:, None] & (dv < DV)[None, :],
-                     other=0.0)
+        kt = _load_rows(K, cols, cok, H, h, D, dd)
+        vt = _load_rows(V, cols, cok, H, h, DV, dv)
         s, ok, e = _tile_scores(q, kt, rows, rok, cols, cok, t, h, hm, BIAS, EMAP, MASK, FULL, H, HM, T,
                                 scale2, BLOCK_T, HAS_BIAS, PREC, EMU)
         p = tl.exp2(s - lse2[:, None])
@@ -287,9 +300,9 @@ def _dense_bwd_dq(Q, K, V, BIAS, EMAP, MASK, FULL, UNIT, START, STOP, TK, DO, LS
         dq += _mm(ds.to(kt.dtype), kt, PREC, EMU)
     if PARTIAL:
         slot = (tl.full([], 0, tl.int64) + b) * T + r
-        tl.store(DQ + (slot * H + h)[:, None] * D + dd[None, :], dq * scale, mask=(r < T)[:, None] & (dd < D)[None, :])
+        _store_rows(DQ, slot, r < T, H, h, D, dd, dq * scale)
     else:
-        tl.store(DQ + (rows * H + h)[:, None] * D + dd[None, :], dq * scale, mask=rok[:, None] & (dd < D)[None, :])
+        _store_rows(DQ, rows, rok, H, h, D, dd, dq * scale)
 
 
 @triton.jit(do_not_specialize=_NO_SPEC)
@@ -304,12 +317,7 @@ def _dense_bwd_dkdv(Q, K, V, BIAS, EMAP, MASK, FULL, UNIT, START, STOP, KPERM, T
     KEYS_FIRST: the tile's scores in [key, query] orientation. WANT_DK / WANT_DV: compute only
     one of the two (fp32 launches twice: its FMA matmuls spill registers when one program holds
     both accumulators; see triton_kernels._dense_config)."""
-    b = tl.program_id(0)
-    h = tl.program_id(1)
-    if PER_HEAD:
-        hm = h
-    else:
-        hm = 0
+    b, h, hm = _program(PER_HEAD)
     kb = tl.load(UNIT + b).to(tl.int64)
     u0 = tl.load(START + b)
     u1 = tl.load(STOP + b)
@@ -318,8 +326,8 @@ def _dense_bwd_dkdv(Q, K, V, BIAS, EMAP, MASK, FULL, UNIT, START, STOP, KPERM, T
     dv = tl.arange(0, BLOCK_DV)
     cols = kb * T + r
     cok = (r < T) & (cols < nk)
-    kt = tl.load(K + (cols * H + h)[:, None] * D + dd[None, :], mask=cok[:, None] & (dd < D)[None, :], other=0.0)
-    vt = tl.load(V + (cols * H + h)[:, None] * DV + dv[None, :], mask=cok[:, None] & (dv < DV)[None, :], other=0.0)
+    kt = _load_rows(K, cols, cok, H, h, D, dd)
+    vt = _load_rows(V, cols, cok, H, h, DV, dv)
     dk = tl.zeros([BLOCK_T, BLOCK_D], tl.float32)
     dvacc = tl.zeros([BLOCK_T, BLOCK_DV], tl.float32)
     for u in range(u0, u1):
@@ -332,24 +340,21 @@ def _dense_bwd_dkdv(Q, K, V, BIAS, EMAP, MASK, FULL, UNIT, START, STOP, KPERM, T
             # FlashAttention-2's dK/dV loop: S^T = K Q^T, dV += P^T dO, dP^T = V dO^T,
             # dK += dS^T Q, with Q^T and dO^T read transposed from memory: no computed value is
             # transposed. For fp32 (FMA matmuls) this is what keeps registers from spilling.
-            qt = tl.load(Q + (rows * H + h)[None, :] * D + dd[:, None], mask=rok[None, :] & (dd < D)[:, None],
-                         other=0.0)
+            qt = _load_rows_t(Q, rows, rok, H, h, D, dd)
             pt, ok, e = _tile_scores(qt, kt, rows, rok, cols, cok, t, h, hm, BIAS, EMAP, MASK, FULL, H, HM, T,
                                      scale2, BLOCK_T, HAS_BIAS, PREC, EMU, True)
             pt = tl.exp2(pt - lse2[None, :])  # [Tk, Tq]
             if DROPOUT:
                 keep = _keep(rows[None, :] * nk + cols[:, None], h, k0, k1, thr)
             if WANT_DV:
-                do = tl.load(DO + (rows * H + h)[:, None] * DV + dv[None, :],
-                             mask=rok[:, None] & (dv < DV)[None, :], other=0.0)
+                do = _load_rows(DO, rows, rok, H, h, DV, dv)
                 if DROPOUT:
                     pdt = tl.where(keep, pt * inv_keep, 0.0)
                 else:
                     pdt = pt
                 dvacc += _mm(pdt.to(do.dtype), do, PREC, EMU)
             if WANT_DK:
-                dot_ = tl.load(DO + (rows * H + h)[None, :] * DV + dv[:, None],
-                               mask=rok[None, :] & (dv < DV)[:, None], other=0.0)
+                dot_ = _load_rows_t(DO, rows, rok, H, h, DV, dv)
                 dpt = _mm(vt, dot_, PREC, EMU)
                 if DROPOUT:
                     dpt = tl.where(keep, dpt * inv_keep, 0.0)
@@ -358,10 +363,8 @@ def _dense_bwd_dkdv(Q, K, V, BIAS, EMAP, MASK, FULL, UNIT, START, STOP, KPERM, T
         else:
             # Query-first (the forward's orientation), transposing P and dS in registers: with
             # tensor-core matmuls this takes less shared memory than reading Q and dO twice.
-            q = tl.load(Q + (rows * H + h)[:, None] * D + dd[None, :], mask=rok[:, None] & (dd < D)[None, :],
-                        other=0.0)
-            do = tl.load(DO + (rows * H + h)[:, None] * DV + dv[None, :], mask=rok[:, None] & (dv < DV)[None, :],
-                         other=0.0)
+            q = _load_rows(Q, rows, rok, H, h, D, dd)
+            do = _load_rows(DO, rows, rok, H, h, DV, dv)
             s, ok, e = _tile_scores(q, kt, rows, rok, cols, cok, t, h, hm, BIAS, EMAP, MASK, FULL, H, HM, T,
                                     scale2, BLOCK_T, HAS_BIAS, PREC, EMU)
             p = tl.exp2(s - lse2[:, None])  # [Tq, Tk]
@@ -383,18 +386,14 @@ def _dense_bwd_dkdv(Q, K, V, BIAS, EMAP, MASK, FULL, UNIT, START, STOP, KPERM, T
         slot = (tl.full([], 0, tl.int64) + b) * T + r
         sok = r < T
         if WANT_DK:
-            tl.store(DK + (slot * H + h)[:, None] * D + dd[None, :], dk * scale,
-                     mask=sok[:, None] & (dd < D)[None, :])
+            _store_rows(DK, slot, sok, H, h, D, dd, dk * scale)
         if WANT_DV:
-            tl.store(DVAL + (slot * H + h)[:, None] * DV + dv[None, :], dvacc,
-                     mask=sok[:, None] & (dv < DV)[None, :])
+            _store_rows(DVAL, slot, sok, H, h, DV, dv, dvacc)
     else:
         if WANT_DK:
-            tl.store(DK + (cols * H + h)[:, None] * D + dd[None, :], dk * scale,
-                     mask=cok[:, None] & (dd < D)[None, :])
+            _store_rows(DK, cols, cok, H, h, D, dd, dk * scale)
         if WANT_DV:
-            tl.store(DVAL + (cols * H + h)[:, None] * DV + dv[None, :], dvacc,
-                     mask=cok[:, None] & (dv < DV)[None, :])
+            _store_rows(DVAL, cols, cok, H, h, DV, dv, dvacc)
 
 
 @triton.jit(do_not_specialize=_NO_SPEC)
@@ -422,10 +421,8 @@ def _csr_bwd_dq(Q, K, V, BIAS, ROWS, START, STOP, COL, EID, HA, DO, LSE, DELTA, 
         offs = e0 + tl.arange(0, BLOCK_N)
         ev = offs < end
         j = tl.load(COL + offs, mask=ev, other=0).to(tl.int64)
-        kt = tl.load(K + (j * H + h)[:, None] * D + dd[None, :], mask=ev[:, None] & (dd < D)[None, :],
-                     other=0.0).to(tl.float32)
-        vt = tl.load(V + (j * H + h)[:, None] * DV + dv[None, :], mask=ev[:, None] & (dv < DV)[None, :],
-                     other=0.0).to(tl.float32)
+        kt = _load_rows(K, j, ev, H, h, D, dd).to(tl.float32)
+        vt = _load_rows(V, j, ev, H, h, DV, dv).to(tl.float32)
         s = tl.sum(kt * q[None, :], 1) * scale2
         ok = ev
         if PER_HEAD:
@@ -474,10 +471,8 @@ def _csr_bwd_dkdv(Q, K, V, BIAS, ROWS, START, STOP, TCOL, TEID, THA, DO, LSE, DE
         offs = e0 + tl.arange(0, BLOCK_N)
         ev = offs < end
         i = tl.load(TCOL + offs, mask=ev, other=0).to(tl.int64)
-        qg = tl.load(Q + (i * H + h)[:, None] * D + dd[None, :], mask=ev[:, None] & (dd < D)[None, :],
-                     other=0.0).to(tl.float32)
-        dog = tl.load(DO + (i * H + h)[:, None] * DV + dv[None, :], mask=ev[:, None] & (dv < DV)[None, :],
-                      other=0.0).to(tl.float32)
+        qg = _load_rows(Q, i, ev, H, h, D, dd).to(tl.float32)
+        dog = _load_rows(DO, i, ev, H, h, DV, dv).to(tl.float32)
         lse2, delta = _row_stats(LSE, DELTA, i * H + h, ev)
         s = tl.sum(qg * kt[None, :], 1) * scale2
         ok = ev
