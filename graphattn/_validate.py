@@ -12,7 +12,7 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["check_int", "check_float", "check_bool", "check_query_range", "check_index_list"]
+__all__ = ["check_int", "check_float", "check_bool", "check_query_range", "check_index_list", "check_heads"]
 
 
 def check_int(name: str, value, *, minimum: int | None = None, maximum: int | None = None) -> int:
@@ -49,6 +49,16 @@ def check_bool(name: str, value) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"expected {name} to be a bool, got {type(value).__name__} {value!r}")
     return value
+
+
+def check_heads(embed_dim, num_heads) -> tuple[int, int, int]:
+    """``(embed_dim, num_heads, head_dim)`` of a multi-head layer: positive ints, the width
+    divisible by the head count."""
+    embed_dim = check_int("embed_dim", embed_dim, minimum=1)
+    num_heads = check_int("num_heads", num_heads, minimum=1)
+    if embed_dim % num_heads:
+        raise ValueError(f"expected embed_dim divisible by num_heads, got {embed_dim} and {num_heads}")
+    return embed_dim, num_heads, embed_dim // num_heads
 
 
 def check_query_range(queries, num_nodes: int) -> tuple[int, int]:

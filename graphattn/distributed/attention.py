@@ -223,16 +223,8 @@ class GraphAttention(_layer.GraphAttention):
         bias = self._edge_bias(plan.graph, edge_bias, plan.graph.num_edges)
         dropout = self.dropout if self.training else 0.0
         # Fold the batch into the heads: one exchange per call whatever the batch size.
-        fold = lambda t: t.permute(1, 0, 2, 3).reshape(N, B * H, D)  # noqa: E731
         fb = None if bias is None else bias.repeat(1, B)
-        res = _sharded_attention(fold(q), fold(k), fold(v), plan, group, fb, None, dropout,
-                                 return_attention, batch=B)
-        out, weights = res if return_attention else (res, None)
-        out = out.view(N, B, H, D).permute(1, 0, 2, 3)
-        if weights is not None:
-            weights = weights.view(-1, B, H).permute(1, 0, 2)
-        out = self.out_proj(out.reshape(B, N, H * D))
-        if not batched:
-            out = out[0]
-            weights = None if weights is None else weights[0]
-        return (out, weights) if return_attention else out
+        res = _sharded_attention(_layer.fold_batch(q), _layer.fold_batch(k), _layer.fold_batch(v), plan, group, fb,
+                                 None, dropout, return_attention, batch=B)
+        out, weights = _layer.unfold_batch(res if return_attention else (res, None), B)
+        return self._output(out, weights, batched, return_attention)

@@ -5,11 +5,27 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from graphattn._validate import check_float, check_int
+from graphattn._validate import check_float, check_heads, check_int
 from graphattn.graph import AttentionGraph
 from graphattn.nn.functional import graph_attention
 
-__all__ = ["GraphAttention"]
+__all__ = ["GraphAttention", "fold_batch", "unfold_batch"]
+
+
+def fold_batch(t: torch.Tensor) -> torch.Tensor:
+    """``[B, N, H, D] -> [N, B * H, D]``: a batch sharing one graph runs as ``B * H`` heads."""
+    B, N, H, D = t.shape
+    return t.permute(1, 0, 2, 3).reshape(N, B * H, D)
+
+
+def unfold_batch(result, B: int):
+    """Inverse of :func:`fold_batch` on ``(out [N, B * H, D], weights [E, B * H] or None)``."""
+    out, weights = result
+    N, BH, D = out.shape
+    out = out.view(N, B, BH // B, D).permute(1, 0, 2, 3)
+    if weights is not None:
+        weights = weights.view(-1, B, BH // B).permute(1, 0, 2)
+    return out, weights
 
 
 class GraphAttention(nn.Module):
@@ -47,11 +63,7 @@ class GraphAttention(nn.Module):
     def __init__(self, embed_dim: int, num_heads: int, *, dropout: float = 0.0, bias: bool = True,
                  kdim: int | None = None, vdim: int | None = None, num_relative: int | None = None):
         super().__init__()
-        self.embed_dim = check_int("embed_dim", embed_dim, minimum=1)
-        self.num_heads = check_int("num_heads", num_heads, minimum=1)
-        if embed_dim % num_heads:
-            raise ValueError(f"expected embed_dim divisible by num_heads, got {embed_dim} and {num_heads}")
-        self.head_dim = embed_dim // num_heads
+        self.embed_dim, self.num_heads, self.head_dim = check_heads(embed_dim, num_heads)
         self.dropout = check_float("dropout", dropout, minimum=0.0, maximum=1.0)
         self.kdim = embed_dim if kdim is None else check_int("kdim", kdim, minimum=1)
         self.vdim = embed_dim if vdim is None else check_int("vdim", vdim, minimum=1)
@@ -114,15 +126,16 @@ class GraphAttention(nn.Module):
             weights = torch.stack([r[1] for r in results]) if return_attention else None
         else:
             # One graph shared by the batch: fold the batch into the heads (one plan, one call).
-            fold = lambda t: t.permute(1, 0, 2, 3).reshape(t.shape[1], B * H, D)  # noqa: E731
             fb = None if bias is None else bias.repeat(1, B)
-            res = graph_attention(fold(q), fold(k), fold(v), graph, bias=fb, dropout_p=dropout,
+            res = graph_attention(fold_batch(q), fold_batch(k), fold_batch(v), graph, bias=fb, dropout_p=dropout,
                                   return_weights=return_attention)
-            out, weights = (res if return_attention else (res, None))
-            out = out.view(N, B, H, D).permute(1, 0, 2, 3)
-            if weights is not None:
-                weights = weights.view(-1, B, H).permute(1, 0, 2)
-        out = self.out_proj(out.reshape(B, N, H * D))
+            out, weights = unfold_batch(res if return_attention else (res, None), B)
+        return self._output(out, weights, batched, return_attention)
+
+    def _output(self, out, weights, batched: bool, return_attention: bool):
+        """Project ``out [B, N, H, D]``; drop the batch dim of unbatched input."""
+        B, N = out.shape[:2]
+        out = self.out_proj(out.reshape(B, N, self.embed_dim))
         if not batched:
             out = out[0]
             weights = None if weights is None else weights[0]

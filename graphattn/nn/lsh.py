@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from graphattn._random import seed_key
-from graphattn._validate import check_bool, check_float, check_int
+from graphattn._validate import check_bool, check_float, check_heads, check_int
 from graphattn.graph import AttentionGraph, EdgeLabel
 from graphattn.nn._routed import (add_lonely_self_loops, check_input, fold_heads, per_head_graphs,
                                   routed_attention)
@@ -107,11 +107,7 @@ class LSHAttention(nn.Module):
                  chunk: int | None = None, causal: bool = False, seed=None, dropout: float = 0.0,
                  bias: bool = True):
         super().__init__()
-        self.embed_dim = check_int("embed_dim", embed_dim, minimum=1)
-        self.num_heads = check_int("num_heads", num_heads, minimum=1)
-        if embed_dim % num_heads:
-            raise ValueError(f"expected embed_dim divisible by num_heads, got {embed_dim} and {num_heads}")
-        self.head_dim = embed_dim // num_heads
+        self.embed_dim, self.num_heads, self.head_dim = check_heads(embed_dim, num_heads)
         self.num_buckets = check_int("num_buckets", num_buckets, minimum=2)
         if self.num_buckets % 2:
             raise ValueError(f"expected num_buckets to be even (angular LSH uses [xR ; -xR]), got {num_buckets}")

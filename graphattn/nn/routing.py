@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from graphattn._validate import check_bool, check_float, check_int
+from graphattn._validate import check_bool, check_float, check_heads, check_int
 from graphattn.graph import EdgeLabel
 from graphattn.nn._routed import (add_lonely_self_loops, check_input, per_head_graphs, routed_attention,
                                   slot_offsets)
@@ -114,11 +114,7 @@ class RoutingAttention(nn.Module):
                  ema_decay: float = 0.999, commitment: float = 1e-4, causal: bool = False, seed=None,
                  init_iters: int = 10, dropout: float = 0.0, bias: bool = True):
         super().__init__()
-        self.embed_dim = check_int("embed_dim", embed_dim, minimum=1)
-        self.num_heads = check_int("num_heads", num_heads, minimum=1)
-        if embed_dim % num_heads:
-            raise ValueError(f"expected embed_dim divisible by num_heads, got {embed_dim} and {num_heads}")
-        self.head_dim = embed_dim // num_heads
+        self.embed_dim, self.num_heads, self.head_dim = check_heads(embed_dim, num_heads)
         self.num_clusters = check_int("num_clusters", num_clusters, minimum=1)
         self.window = None if window is None else check_int("window", window, minimum=1)
         self.ema_decay = check_float("ema_decay", ema_decay, minimum=0.0, maximum=1.0)
