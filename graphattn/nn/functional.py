@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+from torch.utils.weak import WeakIdKeyDictionary
 
 from graphattn._validate import check_float, check_int
 from graphattn.graph import AttentionGraph
@@ -35,18 +36,30 @@ def _check_qkv(q, k, v):
         raise ValueError(f"expected q, k, v on one device, got {q.device}, {k.device}, {v.device}")
 
 
-def _check_graph(graph, nq: int, nk: int, device):
-    """Return (edge_index, head_mask, graph-or-edge_index for the plan)."""
-    if isinstance(graph, AttentionGraph):
-        if graph.num_nodes != nq or graph.num_nodes != nk:
-            raise ValueError(
-                f"expected q and k with num_nodes = {graph.num_nodes} rows (an AttentionGraph is "
-                f"self-attention over its nodes), got {nq} queries and {nk} keys")
-        if graph.device != device:
-            raise ValueError(f"expected graph on {device} like q, got {graph.device} (use graph.to(device))")
-        return graph.edge_index, graph.head_mask, graph
-    if not isinstance(graph, torch.Tensor):
-        raise TypeError(f"expected graph to be an AttentionGraph or an edge_index tensor, got {type(graph).__name__}")
+class _EdgeIndexEntry:
+    """What graph_attention derived from one edge_index tensor: its int64 copy (None when it is
+    int64 already) and its plans per options, valid while the tensor keeps its version."""
+
+    __slots__ = ("key", "ei", "plans")
+
+    def __init__(self, key, ei):
+        self.key, self.ei, self.plans = key, ei, {}
+
+
+# edge_index tensor -> _EdgeIndexEntry, held weakly: a PyG-style loop that passes the same
+# edge_index every step validates it and builds its plan once (an AttentionGraph caches its plan
+# on itself). Keyed by identity; an in-place change bumps the tensor's version and invalidates.
+_EDGE_INDEX_CACHE = WeakIdKeyDictionary()
+
+
+def _version(t: torch.Tensor):
+    try:
+        return t._version
+    except RuntimeError:  # inference-mode tensors have no version counter: not cached
+        return None
+
+
+def _check_edge_index(graph: torch.Tensor, nq: int, nk: int, device) -> torch.Tensor:
     if graph.dtype not in (torch.int64, torch.int32) or graph.dim() != 2 or graph.shape[0] != 2:
         raise ValueError(f"expected edge_index as an int64 tensor of shape [2, E], got {graph.dtype} {list(graph.shape)}")
     if graph.device != device:
@@ -64,7 +77,41 @@ def _check_graph(graph, nq: int, nk: int, device):
             if torch.unique(code).numel() != code.numel():
                 raise ValueError("expected unique edges in edge_index, got duplicates "
                                  "(coalesce with AttentionGraph.from_edge_index)")
-    return ei, None, ei
+    return ei
+
+
+def _check_graph(graph, nq: int, nk: int, device):
+    """Return (edge_index, head_mask, the AttentionGraph or the edge_index's cache entry)."""
+    if isinstance(graph, AttentionGraph):
+        if graph.num_nodes != nq or graph.num_nodes != nk:
+            raise ValueError(
+                f"expected q and k with num_nodes = {graph.num_nodes} rows (an AttentionGraph is "
+                f"self-attention over its nodes), got {nq} queries and {nk} keys")
+        if graph.device != device:
+            raise ValueError(f"expected graph on {device} like q, got {graph.device} (use graph.to(device))")
+        return graph.edge_index, graph.head_mask, graph
+    if not isinstance(graph, torch.Tensor):
+        raise TypeError(f"expected graph to be an AttentionGraph or an edge_index tensor, got {type(graph).__name__}")
+    key = (_version(graph), nq, nk, device)
+    entry = _EDGE_INDEX_CACHE.get(graph) if key[0] is not None else None
+    if entry is None or entry.key != key:
+        ei = _check_edge_index(graph, nq, nk, device)
+        # The entry must not hold the tensor it is keyed by (it would never be collected).
+        entry = _EdgeIndexEntry(key, None if ei is graph else ei)
+        if key[0] is not None:
+            _EDGE_INDEX_CACHE[graph] = entry
+    ei = graph if entry.ei is None else entry.ei
+    return ei, None, entry
+
+
+def _plan(src, ei, nq: int, nk: int, **options):
+    if isinstance(src, AttentionGraph):
+        return get_plan(src, nq, nk, **options)
+    key = tuple(sorted(options.items()))
+    plan = src.plans.get(key)
+    if plan is None:
+        plan = src.plans[key] = get_plan(ei, nq, nk, **options)
+    return plan
 
 
 def graph_attention(
@@ -95,7 +142,10 @@ def graph_attention(
         q: ``[Nq, H, D]`` queries. k: ``[Nk, H, D]`` keys. v: ``[Nk, H, Dv]`` values.
         graph: an :class:`~graphattn.AttentionGraph` (self-attention over its nodes; its tiling
             plan is cached on it) or an ``edge_index`` ``[2, E]`` (row 0 key ``< Nk``, row 1
-            query ``< Nq``; ``Nq != Nk`` is cross-attention), edges unique.
+            query ``< Nq``; ``Nq != Nk`` is cross-attention), edges unique. An edge_index's
+            checks and plan are cached for as long as the tensor lives and is not modified in
+            place (by identity and version counter), so passing the same tensor every step
+            costs them once.
         num_queries: optional check that ``q`` has this many rows.
         bias: ``[E, H]`` added to the scores of the edges, in the graph's edge order
             (``graph.edge_index`` order for an AttentionGraph).
@@ -127,7 +177,7 @@ def graph_attention(
     dropout_p = check_float("dropout_p", dropout_p, minimum=0.0, maximum=1.0)
     if dropout_p == 1.0:
         raise ValueError("expected dropout_p < 1, got 1.0")
-    plan = get_plan(plan_src, nq, nk, tile=tile, dense_threshold=dense_threshold)
+    plan = _plan(plan_src, edge_index, nq, nk, tile=tile, dense_threshold=dense_threshold)
     out_dtype = q.dtype
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     drop_key = int(torch.randint(0, 2**62, (1,))) if dropout_p > 0 else 0

@@ -188,3 +188,57 @@ def test_errors():
         graph_attention(q, k, v, "band")
     with pytest.raises(ValueError, match="num_queries = 5"):
         graph_attention(q, k, v, g, num_queries=5)
+
+
+def test_edge_index_plan_is_cached_while_the_tensor_lives_unchanged():
+    import gc
+    import weakref
+
+    from graphattn.nn import functional
+
+    ei = rules.random(90, keys_per_query=4, seed=5).edge_index
+    ei = ei[:, torch.randperm(ei.shape[1], generator=torch.Generator().manual_seed(1))]  # unsorted
+    q, k, v = inputs(90, 90)
+    out1 = graph_attention(q, k, v, ei, tile=16)
+    entry = functional._EDGE_INDEX_CACHE[ei]
+    plan = entry.plans[(("dense_threshold", 0.25), ("tile", 16))]
+    out2 = graph_attention(q, k, v, ei, tile=16)
+    assert functional._EDGE_INDEX_CACHE[ei] is entry and len(entry.plans) == 1
+    assert entry.plans[(("dense_threshold", 0.25), ("tile", 16))] is plan
+    torch.testing.assert_close(out1, out2, rtol=0, atol=0)
+    graph_attention(q, k, v, ei, tile=8)  # other options: a second plan
+    assert len(entry.plans) == 2
+
+    # In place: the version changes, the checks and the plan are redone.
+    ei[0] = (ei[0] + 1) % 90
+    check_against_reference(q, k, v, ei, 90, 90, ei, tile=16)
+    assert functional._EDGE_INDEX_CACHE[ei] is not entry
+    ei[0, 0] = 90
+    with pytest.raises(ValueError, match=r"expected edge_index\[0\] \(keys\) in \[0, 90\)"):
+        graph_attention(q, k, v, ei)
+
+    # The cache holds neither the tensor nor (for int32) its int64 copy beyond their lifetime.
+    for dtype in (torch.int64, torch.int32):
+        e = rules.band(40, radius=3).edge_index.to(dtype)
+        qq, kk, vv = inputs(40, 40)
+        graph_attention(qq, kk, vv, e)
+        assert (functional._EDGE_INDEX_CACHE[e].ei is None) == (dtype == torch.int64)
+        ref = weakref.ref(e)
+        del e
+        gc.collect()
+        assert ref() is None
+
+
+def test_edge_index_cache_key_includes_the_sizes_and_inference_mode_is_not_cached():
+    from graphattn.nn import functional
+
+    ei = torch.tensor([[0, 1, 2], [0, 0, 1]])
+    q, k, v = inputs(2, 3)
+    graph_attention(q, k, v, ei)
+    with pytest.raises(ValueError, match=r"expected edge_index\[0\] \(keys\) in \[0, 2\)"):
+        graph_attention(q, k[:2], v[:2], ei)  # same tensor, fewer keys: checked again
+    with torch.inference_mode():
+        e2 = torch.tensor([[0, 1], [1, 0]])
+        out = graph_attention(q.detach(), k.detach(), v.detach(), e2)
+        assert e2 not in functional._EDGE_INDEX_CACHE
+    assert out.shape == (2, 3, 5)
