@@ -104,6 +104,43 @@ def _exclusive_cumsum(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _tile_counts(qb: torch.Tensor, kb: torch.Tensor, QB: int, KB: int):
+    """The occupied tiles ``uniq`` (ids ``qb * KB + kb``, increasing), each edge's tile
+    ``inverse`` into them and their edge ``counts``: ``torch.unique(qb * KB + kb,
+    return_inverse=True, return_counts=True)``.
+
+    Without the sort where a grid of counts is not much larger than the edge list (O(E + grid)
+    by bincount; the sort is most of the cost of a plan otherwise): the whole QB x KB grid, or,
+    for long sequences, each query block's span of key blocks (a band's few tiles per row)."""
+    E = qb.numel()
+    budget = min(max(4 * E, 1 << 20), 1 << 28)
+    if QB * KB <= budget:
+        cell, width, kmin = qb * KB + kb, KB, None
+    else:
+        kmin = torch.full((QB,), KB, dtype=torch.int64, device=qb.device).scatter_reduce_(0, qb, kb, "amin")
+        local = kb - kmin[qb]
+        width = int(local.max()) + 1
+        if QB * width > budget:
+            return torch.unique(qb * KB + kb, return_inverse=True, return_counts=True)
+        cell = qb * width + local
+    counts = torch.bincount(cell, minlength=QB * width)
+    present = counts > 0
+    uniq = present.nonzero().flatten()
+    inverse = (torch.cumsum(present, 0) - 1)[cell]
+    counts = counts[uniq]
+    if kmin is not None:  # back to grid ids
+        u_qb = uniq // width
+        uniq = u_qb * KB + kmin[u_qb] + uniq % width
+    return uniq, inverse, counts
+
+
+def _sorted_by_query_key(query: torch.Tensor, key: torch.Tensor, num_keys: int) -> bool:
+    if query.numel() < 2:
+        return True
+    code = query * max(num_keys, 1) + key
+    return bool((code[1:] > code[:-1]).all())
+
+
 def build_plan(
     edge_index: torch.Tensor,
     num_queries: int,
@@ -121,6 +158,13 @@ def build_plan(
     """
     tile = check_int("tile", tile, minimum=1)
     dense_threshold = check_float("dense_threshold", dense_threshold, minimum=0.0, maximum=1.0)
+    return _build_plan(edge_index, num_queries, num_keys, head_mask, tile, dense_threshold, sorted_edges=False)
+
+
+def _build_plan(edge_index, num_queries: int, num_keys: int, head_mask, tile: int, dense_threshold: float, *,
+                sorted_edges: bool) -> TilingPlan:
+    """build_plan after validation; ``sorted_edges``: the caller knows the edges are sorted by
+    (query, key) (an AttentionGraph's are), which skips that check."""
     device = edge_index.device
     key, query = edge_index[0], edge_index[1]
     E = key.numel()
@@ -131,14 +175,20 @@ def build_plan(
     if E == 0:
         return plan
 
-    qb, kb = query // tile, key // tile
-    tile_id = qb * KB + kb
-    uniq, inverse, counts = torch.unique(tile_id, return_inverse=True, return_counts=True)
+    # Tile coordinates; shifts and masks instead of int64 division when the tile is a power of two.
+    if tile & (tile - 1) == 0:
+        shift = tile.bit_length() - 1
+        qb, kb, k_in = query >> shift, key >> shift, key & (tile - 1)
+    else:
+        qb, kb, k_in = query // tile, key // tile, key % tile
+    uniq, inverse, counts = _tile_counts(qb, kb, QB, KB)
+    edges_sorted = sorted_edges or _sorted_by_query_key(query, key, num_keys)
     u_qb, u_kb = uniq // KB, uniq % KB
     rows_in = (num_queries - u_qb * tile).clamp_max(tile)
     cols_in = (num_keys - u_kb * tile).clamp_max(tile)
     is_dense = counts >= dense_threshold * rows_in * cols_in
-    edge_dense = is_dense[inverse]
+    all_dense = bool(is_dense.all())
+    edge_dense = None if all_dense else is_dense[inverse]
 
     # ---- dense tiles: per query block, its dense key tiles in increasing order (uniq is sorted
     # by (qb, kb)); group query blocks by their dense-tile count.
@@ -160,18 +210,43 @@ def build_plan(
             c_first[:-1], c_counts)
         rank_of = torch.zeros(QB, dtype=torch.int64, device=device)
         rank_of[blocks] = rank
-        # Per dense edge: group (by c), position in that group's [G, T, c*T] grid.
-        eid = edge_dense.nonzero().flatten()
-        e_q, e_k = query[eid], key[eid]
-        e_block = e_q // tile
-        c_e = count_of[e_block]
-        pos = ((rank_of[e_block] * tile + (e_q - e_block * tile)) * (c_e * tile)
-               + tile_slot[inverse[eid]] * tile + (e_k % tile))
-        # One sort by (c, pos) lays every group's edges out contiguously and in grid order.
-        big = int(pos.max()) + 1
-        order = torch.sort(c_e * big + pos).indices
-        eid, pos, c_e = eid[order], pos[order], c_e[order]
-        e_ptr = _exclusive_cumsum(torch.bincount(torch.searchsorted(cs, c_e), minlength=cs.numel()))
+        # Position of each dense edge in its group's [G, T, c*T] grid, from two per-tile
+        # tables: pos = base[tile] + query * width[tile] + key % T, with width = c*T and
+        # base = (rank - qb) * T * width + slot * T (a handful of passes over the edges).
+        width_u = count_of[u_qb] * tile
+        base_u = (rank_of[u_qb] - u_qb) * tile * width_u + tile_slot * tile
+        if all_dense:  # band, block, BigBird...: no gathers of the edge list
+            eid, inv_d, q_d, kin_d = None, inverse, query, k_in
+        else:
+            eid = edge_dense.nonzero().flatten()
+            inv_d, q_d, kin_d = inverse[eid], query[eid], k_in[eid]
+        pos = base_u[inv_d] + q_d * width_u[inv_d] + kin_d
+        Ed = pos.numel()
+        # Lay every group's edges out contiguously and in grid order: blocks by (c, id), within
+        # a block by (row, key). Edges sorted by (query, key) (every AttentionGraph) are in grid
+        # order within each block already, so a scatter by per-block offsets does it in O(E);
+        # otherwise one sort by (c, pos).
+        if edges_sorted:
+            per_block = torch.zeros(QB, dtype=torch.int64, device=device).index_add_(
+                0, u_qb[is_dense], counts[is_dense])  # dense edges per query block
+            out_blocks = blocks[order_blocks]
+            out_start = torch.zeros(QB, dtype=torch.int64, device=device)
+            out_start[out_blocks] = _exclusive_cumsum(per_block[out_blocks])[:-1]
+            shift_u = (out_start - _exclusive_cumsum(per_block)[:-1])[u_qb]
+            dest = torch.arange(Ed, device=device) + shift_u[inv_d]
+            src = torch.arange(Ed, device=device) if eid is None else eid
+            eid = torch.empty_like(src).index_put_((dest,), src)
+            pos = torch.empty_like(pos).index_put_((dest,), pos)
+            g_edges = torch.zeros(cs.numel(), dtype=torch.int64, device=device).index_add_(
+                0, torch.repeat_interleave(torch.arange(cs.numel(), device=device), c_counts),
+                per_block[out_blocks])
+            e_ptr = _exclusive_cumsum(g_edges)
+        else:
+            eid = torch.arange(Ed, device=device) if eid is None else eid
+            w_e = width_u[inv_d]
+            order = torch.sort(w_e * (int(pos.max()) + 1) + pos).indices
+            eid, pos, w_e = eid[order], pos[order], w_e[order]
+            e_ptr = _exclusive_cumsum(torch.bincount(torch.searchsorted(cs * tile, w_e), minlength=cs.numel()))
         for gi, c in enumerate(cs.tolist()):
             members = blocks[order_blocks[c_first[gi]:c_first[gi + 1]]]  # increasing block ids
             G = members.numel()
@@ -188,13 +263,15 @@ def build_plan(
             plan.dense.append(DenseGroup(members, kblocks, g_pos, g_eid, mask))
 
     # ---- sparse edges: CSR by (query, key) and the CSR of the transpose.
-    s_eid = (~edge_dense).nonzero().flatten()
-    if s_eid.numel():
+    s_eid = None if all_dense else (~edge_dense).nonzero().flatten()
+    if s_eid is not None and s_eid.numel():
         s_q, s_k = query[s_eid], key[s_eid]
-        order = torch.sort(s_q * max(num_keys, 1) + s_k).indices
-        s_eid, s_q, s_k = s_eid[order], s_q[order], s_k[order]
+        if not (sorted_edges or edges_sorted):
+            order = torch.sort(s_q * max(num_keys, 1) + s_k).indices
+            s_eid, s_q, s_k = s_eid[order], s_q[order], s_k[order]
         crow = _exclusive_cumsum(torch.bincount(s_q, minlength=num_queries))
-        t_perm = torch.sort(s_k * max(num_queries, 1) + s_q).indices
+        # (key, query) order: a stable sort by key of the (query, key)-sorted edges.
+        t_perm = torch.sort(s_k, stable=True).indices
         t_crow = _exclusive_cumsum(torch.bincount(s_k, minlength=num_keys))
         allowed = (head_mask[s_eid] if heads is not None
                    else torch.empty(0, dtype=torch.bool, device=device))
@@ -202,15 +279,18 @@ def build_plan(
     return plan
 
 
-def get_plan(graph, num_queries: int, num_keys: int, **options) -> TilingPlan:
+def get_plan(graph, num_queries: int, num_keys: int, *, tile: int = 64, dense_threshold: float = 0.25) -> TilingPlan:
     """The plan of an AttentionGraph (cached on it per options and device) or of an edge_index."""
     from graphattn.graph import AttentionGraph
 
-    if isinstance(graph, AttentionGraph):
-        cache_key = ("plan", num_queries, num_keys, tuple(sorted(options.items())))
-        plan = graph._cache.get(cache_key)
-        if plan is None:
-            plan = build_plan(graph.edge_index, num_queries, num_keys, head_mask=graph.head_mask, **options)
-            graph._cache[cache_key] = plan
-        return plan
-    return build_plan(graph, num_queries, num_keys, **options)
+    if not isinstance(graph, AttentionGraph):
+        return build_plan(graph, num_queries, num_keys, tile=tile, dense_threshold=dense_threshold)
+    tile = check_int("tile", tile, minimum=1)
+    dense_threshold = check_float("dense_threshold", dense_threshold, minimum=0.0, maximum=1.0)
+    cache_key = ("plan", num_queries, num_keys, (("dense_threshold", dense_threshold), ("tile", tile)))
+    plan = graph._cache.get(cache_key)
+    if plan is None:  # an AttentionGraph's edges are sorted by (query, key)
+        plan = _build_plan(graph.edge_index, num_queries, num_keys, graph.head_mask, tile, dense_threshold,
+                           sorted_edges=True)
+        graph._cache[cache_key] = plan
+    return plan
