@@ -11,7 +11,7 @@ from graphattn._validate import check_float, check_int
 from graphattn.graph import AttentionGraph
 from graphattn.nn._engine import GraphAttentionFunction, attention_weights
 from graphattn.nn import backends as _backends  # issue 7: backend dispatch
-from graphattn.nn.plan import get_plan
+from graphattn.nn.plan import _build_plan_checked as build_plan, get_plan
 
 __all__ = ["graph_attention"]
 
@@ -40,10 +40,10 @@ class _EdgeIndexEntry:
     """What graph_attention derived from one edge_index tensor: its int64 copy (None when it is
     int64 already) and its plans per options, valid while the tensor keeps its version."""
 
-    __slots__ = ("key", "ei", "plans")
+    __slots__ = ("key", "ei", "sorted", "plans")
 
-    def __init__(self, key, ei):
-        self.key, self.ei, self.plans = key, ei, {}
+    def __init__(self, key, ei, sorted_edges: bool):
+        self.key, self.ei, self.sorted, self.plans = key, ei, sorted_edges, {}
 
 
 # edge_index tensor -> _EdgeIndexEntry, held weakly: a PyG-style loop that passes the same
@@ -59,7 +59,8 @@ def _version(t: torch.Tensor):
         return None
 
 
-def _check_edge_index(graph: torch.Tensor, nq: int, nk: int, device) -> torch.Tensor:
+def _check_edge_index(graph: torch.Tensor, nq: int, nk: int, device) -> tuple[torch.Tensor, bool]:
+    """The int64 edge_index, and whether its edges are sorted by (query, key)."""
     if graph.dtype not in (torch.int64, torch.int32) or graph.dim() != 2 or graph.shape[0] != 2:
         raise ValueError(f"expected edge_index as an int64 tensor of shape [2, E], got {graph.dtype} {list(graph.shape)}")
     if graph.device != device:
@@ -77,7 +78,8 @@ def _check_edge_index(graph: torch.Tensor, nq: int, nk: int, device) -> torch.Te
             if torch.unique(code).numel() != code.numel():
                 raise ValueError("expected unique edges in edge_index, got duplicates "
                                  "(coalesce with AttentionGraph.from_edge_index)")
-    return ei
+            return ei, False
+    return ei, True
 
 
 def _check_graph(graph, nq: int, nk: int, device):
@@ -95,9 +97,9 @@ def _check_graph(graph, nq: int, nk: int, device):
     key = (_version(graph), nq, nk, device)
     entry = _EDGE_INDEX_CACHE.get(graph) if key[0] is not None else None
     if entry is None or entry.key != key:
-        ei = _check_edge_index(graph, nq, nk, device)
+        ei, sorted_edges = _check_edge_index(graph, nq, nk, device)
         # The entry must not hold the tensor it is keyed by (it would never be collected).
-        entry = _EdgeIndexEntry(key, None if ei is graph else ei)
+        entry = _EdgeIndexEntry(key, None if ei is graph else ei, sorted_edges)
         if key[0] is not None:
             _EDGE_INDEX_CACHE[graph] = entry
     ei = graph if entry.ei is None else entry.ei
@@ -110,7 +112,7 @@ def _plan(src, ei, nq: int, nk: int, **options):
     key = tuple(sorted(options.items()))
     plan = src.plans.get(key)
     if plan is None:
-        plan = src.plans[key] = get_plan(ei, nq, nk, **options)
+        plan = src.plans[key] = build_plan(ei, nq, nk, sorted_edges=src.sorted, **options)
     return plan
 
 

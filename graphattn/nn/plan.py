@@ -156,15 +156,24 @@ def build_plan(
     densely (a dense tile costs ``tile**2`` score cells, a sparse edge about 4-8 cells' worth of
     sparse-kernel work, hence a default of 1/4).
     """
+    return _build_plan_checked(edge_index, num_queries, num_keys, head_mask=head_mask, tile=tile,
+                               dense_threshold=dense_threshold, sorted_edges=None)
+
+
+def _build_plan_checked(edge_index, num_queries: int, num_keys: int, *, head_mask=None, tile: int = 64,
+                        dense_threshold: float = 0.25, sorted_edges: bool | None) -> TilingPlan:
+    # sorted_edges: whether the edges are sorted by (query, key), when the caller knows (else
+    # None: checked here)
     tile = check_int("tile", tile, minimum=1)
     dense_threshold = check_float("dense_threshold", dense_threshold, minimum=0.0, maximum=1.0)
-    return _build_plan(edge_index, num_queries, num_keys, head_mask, tile, dense_threshold, sorted_edges=False)
+    return _build_plan(edge_index, num_queries, num_keys, head_mask, tile, dense_threshold,
+                       sorted_edges=sorted_edges)
 
 
 def _build_plan(edge_index, num_queries: int, num_keys: int, head_mask, tile: int, dense_threshold: float, *,
-                sorted_edges: bool) -> TilingPlan:
-    """build_plan after validation; ``sorted_edges``: the caller knows the edges are sorted by
-    (query, key) (an AttentionGraph's are), which skips that check."""
+                sorted_edges: bool | None) -> TilingPlan:
+    """build_plan after validation; ``sorted_edges``: whether the edges are sorted by (query,
+    key) when the caller knows (an AttentionGraph's are), None to check."""
     device = edge_index.device
     key, query = edge_index[0], edge_index[1]
     E = key.numel()
@@ -182,7 +191,7 @@ def _build_plan(edge_index, num_queries: int, num_keys: int, head_mask, tile: in
     else:
         qb, kb, k_in = query // tile, key // tile, key % tile
     uniq, inverse, counts = _tile_counts(qb, kb, QB, KB)
-    edges_sorted = sorted_edges or _sorted_by_query_key(query, key, num_keys)
+    edges_sorted = _sorted_by_query_key(query, key, num_keys) if sorted_edges is None else sorted_edges
     u_qb, u_kb = uniq // KB, uniq % KB
     rows_in = (num_queries - u_qb * tile).clamp_max(tile)
     cols_in = (num_keys - u_kb * tile).clamp_max(tile)
@@ -266,7 +275,7 @@ def _build_plan(edge_index, num_queries: int, num_keys: int, head_mask, tile: in
     s_eid = None if all_dense else (~edge_dense).nonzero().flatten()
     if s_eid is not None and s_eid.numel():
         s_q, s_k = query[s_eid], key[s_eid]
-        if not (sorted_edges or edges_sorted):
+        if not edges_sorted:
             order = torch.sort(s_q * max(num_keys, 1) + s_k).indices
             s_eid, s_q, s_k = s_eid[order], s_q[order], s_k[order]
         crow = _exclusive_cumsum(torch.bincount(s_q, minlength=num_queries))
