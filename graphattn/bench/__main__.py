@@ -55,6 +55,8 @@ def main(argv=None) -> int:
                                            "shared memory, tensor cores")
     gc.add_argument("--arch", type=int, choices=[80, 90], default=90, help="compute capability (default 90: H100/H200)")
     gc.add_argument("--n", type=int, default=4096, help="nodes of the stand-in graphs")
+    gc.add_argument("--sweep", action="store_true",
+                    help="compile the dense kernels under every (warps, stages) per class and print the choices")
     args = parser.parse_args(argv)
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)

@@ -19,7 +19,7 @@ import torch
 from graphattn.bench._timing import format_table
 from graphattn.nn import triton_aot
 
-__all__ = ["cases", "compile_builds", "build_table", "run"]
+__all__ = ["cases", "compile_builds", "build_table", "run", "sweep", "sweep_table"]
 
 
 def cases(n: int = 4096):
@@ -94,6 +94,82 @@ def run(target: triton_aot.Target = triton_aot.H100, n: int = 4096, log=None) ->
     return "\n".join([summary, "", build_table(builds)])
 
 
+SWEEP_CANDIDATES = [(w, st) for w in (4, 8, 16) for st in (1, 2, 3)]
+_KERNEL = {"_dense_fwd": "fwd", "_dense_bwd_dq": "dq", "_dense_bwd_dkdv": "dkdv"}
+
+
+def _conventional_warps(fp32: bool, block_t: int) -> int:
+    return 16 if fp32 else (4 if block_t <= 64 else 8)
+
+
+def sweep(target: triton_aot.Target = triton_aot.H100, tiles=(64, 128), dims=(64, 128, 256), log=None) -> dict:
+    """Compile the dense kernels under every ``(num_warps, num_stages)`` of
+    :data:`SWEEP_CANDIDATES` for each class (fp32 or half, tile, head dim, bias) and choose per
+    (class, kernel): a launch that fits the SM, then the fewest spilled bytes, then the most
+    pipeline stages, then the warp count closest to the conventional one (4 for a 64-tile and 8
+    for a 128-tile in half precision, 16 in fp32). Returns ``{class: {kernel: (warps, stages,
+    spill bytes, shared bytes)}}`` (kernel None where no candidate fits); ``class`` is the key
+    of ``triton_kernels._DENSE_LAUNCH``."""
+    from graphattn import rules
+    from graphattn.nn import triton_kernels as tk
+    from graphattn.nn.plan import build_plan
+
+    chosen = {}
+    for fp32 in (False, True):
+        for block_t in tiles:
+            n = 4 * block_t
+            plan = build_plan(rules.band(n, radius=block_t + block_t // 2).edge_index, n, n, tile=block_t)
+            for dim in dims:
+                for bias in (False, True):
+                    cls = (fp32, block_t, dim, bias)
+                    found = {}
+                    for cand in SWEEP_CANDIDATES:
+                        old, tk._LAUNCH_OVERRIDE = tk._LAUNCH_OVERRIDE, cand
+                        try:
+                            with triton_aot.compile_only(target) as builds:
+                                dtype = torch.float32 if fp32 else torch.bfloat16
+                                q, k, v = (torch.zeros(n, 2, dim, dtype=dtype, requires_grad=True) for _ in range(3))
+                                b = torch.zeros(plan.num_edges, 2, requires_grad=True) if bias else None
+                                out, _ = tk.FusedGraphAttention.apply(q, k, v, b, plan, dim ** -0.5, 0.0, 0)
+                                out.backward(torch.zeros_like(out))
+                        finally:
+                            tk._LAUNCH_OVERRIDE = old
+                        for bd in builds:
+                            name = _KERNEL.get(bd.kernel)
+                            if name is None:
+                                continue
+                            prev = found.setdefault(name, {}).get(cand)
+                            spill = bd.spill_bytes if prev is None else max(prev[0], bd.spill_bytes)
+                            shared = bd.shared_bytes if prev is None else max(prev[1], bd.shared_bytes)
+                            fits = bd.fits and (prev is None or prev[2])
+                            found[name][cand] = (spill, shared, fits)
+                    conv = _conventional_warps(fp32, block_t)
+                    pick = {}
+                    for name, by_cand in found.items():
+                        ok = [(c, r) for c, r in by_cand.items() if r[2]]
+                        if not ok:
+                            pick[name] = None
+                            continue
+                        (w, st), (spill, shared, _) = min(
+                            ok, key=lambda cr: (cr[1][0], -cr[0][1], abs(cr[0][0].bit_length() - conv.bit_length())))
+                        pick[name] = (w, st, spill, shared)
+                    chosen[cls] = pick
+                    if log is not None:
+                        log(f"  {cls}: {pick}")
+    return chosen
+
+
+def sweep_table(chosen: dict) -> str:
+    rows = []
+    for (fp32, block_t, dim, bias), pick in chosen.items():
+        for name in ("fwd", "dq", "dkdv"):
+            r = pick.get(name)
+            head = ["float32" if fp32 else "bf16/fp16", block_t, dim, "yes" if bias else "no", name]
+            rows.append(head + (["-", "-", "-", "-"] if r is None else [r[0], r[1], r[2], f"{r[3] / 1024:.0f}"]))
+    return format_table(["dtype", "tile", "head dim", "bias", "kernel", "warps", "stages", "spill B", "shared KiB"],
+                        rows)
+
+
 def main(args) -> int:
     import sys
 
@@ -103,6 +179,16 @@ def main(args) -> int:
     if why:
         print(f"python -m graphattn.bench gpu-compile: {why}", file=sys.stderr)
         return 2
+    log = lambda *a: print(*a, file=sys.stderr, flush=True)  # noqa: E731
     print(f"torch {torch.__version__}; compile-only for sm_{target.arch}")
-    print(run(target, n=args.n, log=lambda *a: print(*a, file=sys.stderr, flush=True)))
+    if args.sweep:
+        chosen = sweep(target, log=log)
+        print(sweep_table(chosen))
+        print("\n_DENSE_LAUNCH = {")
+        for cls, pick in chosen.items():
+            if all(pick.get(k) for k in ("fwd", "dq", "dkdv")):
+                print(f"    {cls}: {{" + ", ".join(f'\"{k}\": {pick[k][:2]}' for k in ("fwd", "dq", "dkdv")) + "},")
+        print("}")
+        return 0
+    print(run(target, n=args.n, log=log))
     return 0

@@ -82,7 +82,7 @@ def unavailable_reason(backend: Backend, q: torch.Tensor, k: torch.Tensor, v: to
     if backend is Backend.TRITON:
         from graphattn.nn import triton_kernels
 
-        return triton_kernels.unavailable_reason(q.device, q.dtype, tile=plan.tile,
+        return triton_kernels.unavailable_reason(q.device, q.dtype, tile=plan.tile if plan.dense else None,
                                                  head_dims=(q.shape[-1], v.shape[-1]))
     from graphattn.nn import flex
 

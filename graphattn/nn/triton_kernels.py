@@ -130,8 +130,9 @@ def interpreted() -> bool:
 
 def unavailable_reason(device, dtype, *, tile: int | None = None,
                        head_dims: tuple[int, int] | None = None) -> str | None:
-    """Why the kernels cannot run on ``device`` with ``dtype`` inputs (a plan of ``tile``, query /
-    value head dims ``head_dims``), or None when they can."""
+    """Why the kernels cannot run on ``device`` with ``dtype`` inputs (a plan with dense tiles of
+    size ``tile``, None when it has none; query / value head dims ``head_dims``), or None when
+    they can."""
     why = triton_unavailable_reason()
     if why:
         return why
@@ -142,6 +143,11 @@ def unavailable_reason(device, dtype, *, tile: int | None = None,
         return f"the Triton kernels keep a tile's scores in registers: plan tile <= {_MAX_TILE}, got {tile}"
     if head_dims is not None and max(head_dims) > _MAX_DIM:
         return f"the Triton kernels take head dims <= {_MAX_DIM}, got {head_dims[0]} and {head_dims[1]}"
+    if tile is not None and head_dims is not None:
+        cls = (dtype == torch.float32, max(16, triton_next_pow2(tile)), max(64, triton_next_pow2(max(head_dims))))
+        if cls in _NO_FIT:
+            return (f"{_NO_FIT[cls]} (tile {tile}, head dims {head_dims[0]} and {head_dims[1]}, {dtype}); "
+                    f"use a plan tile <= 64{' or bf16' if dtype == torch.float32 else ''}")
     if device.type == "cuda":
         return None
     if device.type == "cpu":
@@ -296,20 +302,61 @@ def _finish(m, l, acc, dtype):
 # Launchers.
 
 
-def _dense_config(block_t: int, dtype: torch.dtype, has_bias: bool):
-    """``(warps, keys_first, dkdv_passes)`` of the dense-tile programs, chosen from the sm_90
-    compile report (``python -m graphattn.bench gpu-compile``: registers and spills of every
-    variant; no GPU timing has been made yet).
+def _dense_config(block_t: int, dtype: torch.dtype):
+    """``(keys_first, dkdv_passes)`` of the dense dK/dV kernel.
 
-    bf16 / fp16 matmuls run on the tensor cores (wgmma): 4 warps hold a 64-tile without
-    spilling, the bias gather (edge map and bias loads per cell) needs 8, a 128-tile needs 8;
-    dK/dV in the forward's orientation (less shared memory than reading Q and dO twice).
-    fp32 runs IEEE matmuls on the FMA units, whose operands are replicated across threads: 16
-    warps, dK/dV keys-first (no register transposes) and in two launches (one accumulator
-    each) are what compile without spills (up to 10 KB per thread otherwise)."""
+    fp32 runs IEEE matmuls on the FMA units, whose operands are replicated across threads:
+    keys-first (no register transposes) and two launches (one accumulator each) are what compile
+    without spills (up to 10 KB per thread otherwise; ``python -m graphattn.bench gpu-compile``).
+    bf16 / fp16 (tensor cores) keep the forward's orientation, which takes less shared memory
+    than reading Q and dO twice."""
     if dtype == torch.float32:
-        return (16 if block_t >= 64 else 8), True, ((True, False), (False, True))
-    return (8 if block_t >= 128 or (has_bias and block_t >= 64) else 4), False, ((True, True),)
+        return True, ((True, False), (False, True))
+    return False, ((True, True),)
+
+
+# (num_warps, num_stages) of each dense kernel, chosen by the sm_90 compile sweep
+# (``python -m graphattn.bench gpu-compile --sweep``: among the (warps, stages) that fit an SM,
+# fewest spilled bytes, then most pipeline stages, then the conventional warp count). No GPU
+# timing has chosen them yet. Key: (fp32, BLOCK_T, BLOCK_D class (64: head dims <= 64), bias).
+_DENSE_LAUNCH: dict[tuple, dict[str, tuple[int, int]]] = {
+    (False, 64, 64, False): {"fwd": (4, 3), "dq": (4, 3), "dkdv": (4, 3)},
+    (False, 64, 64, True): {"fwd": (8, 3), "dq": (8, 3), "dkdv": (8, 3)},
+    (False, 64, 128, False): {"fwd": (4, 3), "dq": (4, 3), "dkdv": (8, 3)},
+    (False, 64, 128, True): {"fwd": (8, 3), "dq": (8, 1), "dkdv": (8, 1)},
+    (False, 64, 256, False): {"fwd": (8, 2), "dq": (4, 2), "dkdv": (8, 1)},
+    (False, 64, 256, True): {"fwd": (8, 1), "dq": (8, 1), "dkdv": (8, 1)},
+    (False, 128, 64, False): {"fwd": (8, 3), "dq": (8, 3), "dkdv": (8, 1)},
+    (False, 128, 64, True): {"fwd": (8, 1), "dq": (8, 1), "dkdv": (8, 1)},
+    (False, 128, 128, False): {"fwd": (8, 2), "dq": (8, 2), "dkdv": (8, 1)},
+    (False, 128, 128, True): {"fwd": (8, 1), "dq": (8, 1), "dkdv": (8, 1)},
+    (True, 64, 64, False): {"fwd": (16, 3), "dq": (16, 3), "dkdv": (16, 3)},
+    (True, 64, 64, True): {"fwd": (16, 3), "dq": (16, 1), "dkdv": (16, 3)},
+    (True, 64, 128, False): {"fwd": (8, 3), "dq": (16, 3), "dkdv": (16, 3)},
+    (True, 64, 128, True): {"fwd": (16, 2), "dq": (16, 1), "dkdv": (16, 2)},
+}
+# Where the sweep found no launch of the backward that fits an SM (shared memory), or only
+# ones that spill kilobytes per thread (fp32 128-tiles): the Triton backend declines these.
+_NO_FIT = {
+    (False, 128, 256): "a 128-tile with head dims above 128 in bf16/fp16 needs more shared memory than an SM has",
+    (True, 64, 256): "fp32 with head dims above 128 needs more shared memory than an SM has",
+    (True, 128, 64): "fp32 with a 128-tile spills registers (kilobytes per thread)",
+    (True, 128, 128): "fp32 with a 128-tile spills registers (kilobytes per thread)",
+    (True, 128, 256): "fp32 with a 128-tile needs more shared memory than an SM has",
+}
+_LAUNCH_OVERRIDE: tuple[int, int] | None = None  # the sweep's candidate, for every dense kernel
+
+
+def _dense_launch(kernel: str, block_t: int, block_d: int, dtype: torch.dtype, has_bias: bool) -> tuple[int, int]:
+    """``(num_warps, num_stages)`` of dense kernel ``kernel`` ("fwd", "dq", "dkdv")."""
+    if _LAUNCH_OVERRIDE is not None:
+        return _LAUNCH_OVERRIDE
+    fp32 = dtype == torch.float32
+    entry = _DENSE_LAUNCH.get((fp32, block_t, max(64, block_d), has_bias))
+    if entry is not None:
+        return entry[kernel]
+    # Small tiles (16, 32) use little of an SM in any configuration.
+    return (8 if fp32 else 4), 3
 
 
 class _Call:
@@ -332,13 +379,18 @@ class _Call:
         self.consts = dict(BLOCK_D=max(16, triton_next_pow2(self.D)), BLOCK_DV=max(16, triton_next_pow2(self.DV)))
         self.prec = "ieee" if q.dtype == torch.float32 else None  # never TF32 for fp32 inputs
         self.emu = interp and q.dtype == torch.bfloat16
-        self.warps, self.keys_first, self.dkdv_passes = _dense_config(tabs.block_t, q.dtype, self.has_bias)
-        if interp:
-            self.warps = 1
+        self.keys_first, self.dkdv_passes = _dense_config(tabs.block_t, q.dtype)
+        block_d = max(self.consts["BLOCK_D"], self.consts["BLOCK_DV"])
+        self.launch = {name: ((1, 1) if interp else _dense_launch(name, tabs.block_t, block_d, q.dtype, self.has_bias))
+                       for name in ("fwd", "dq", "dkdv")}
         self.csr_warps = 1 if interp else (4 if tabs.block_n >= 64 else 2)
 
     def drop_args(self):
         return (self.k0, self.k1, self.thr, self.inv_keep)
+
+    def dense_opts(self, kernel: str) -> dict:
+        warps, stages = self.launch[kernel]
+        return dict(num_warps=warps, num_stages=stages)
 
     def emap(self):
         return self.tabs.emap if self.has_bias else self.dummy
@@ -388,7 +440,7 @@ def _forward(q, k, v, bias, tabs: _Tables, scale, dropout_p, drop_key):
                 pacc if partial else acc, pm if partial else m, pl if partial else l, out, lse,
                 nq, c.nk, H, tabs.hm, c.D, DV, T, c.scale2, *c.drop_args(),
                 BLOCK_T=tabs.block_t, HAS_BIAS=c.has_bias, PER_HEAD=c.per_head, DROPOUT=c.dropout,
-                FINAL=csr is None, PARTIAL=partial, PREC=c.prec, EMU=c.emu, num_warps=c.warps, **c.consts)
+                FINAL=csr is None, PARTIAL=partial, PREC=c.prec, EMU=c.emu, **c.dense_opts("fwd"), **c.consts)
         if qw.segments:  # long query blocks: merge their segments, per row
             mm, ll, aa = _lse_merge(qw.seg_owner, qw.long_units.numel(), pm, pl, pacc)
             rows, ok = tabs.block_rows(qw.long_units, nq)
@@ -441,7 +493,7 @@ def _backward(dout, q, k, v, bias, out, lse, tabs: _Tables, scale, dropout_p, dr
     dbias = torch.zeros(tabs.plan.num_edges, H, dtype=torch.float32, device=dev) if want_dbias else c.dummy
     if dense:
         common = dict(BLOCK_T=tabs.block_t, HAS_BIAS=c.has_bias, PER_HEAD=c.per_head, DROPOUT=c.dropout,
-                      PREC=c.prec, EMU=c.emu, num_warps=c.warps, **c.consts)
+                      PREC=c.prec, EMU=c.emu, **c.consts)
         args = (nq, nk, H, tabs.hm, D, DV, T, c.scale, c.scale2, *c.drop_args())
         for partial in (False, True):
             n, unit, start, stop = _items(tabs.qwork, partial)
@@ -449,7 +501,8 @@ def _backward(dout, q, k, v, bias, out, lse, tabs: _Tables, scale, dropout_p, dr
                 target = c.f32(n, T, H, D) if partial else dq
                 impl._dense_bwd_dq[(n, H)](
                     q, k, v, c.bias, c.emap(), tabs.mask, tabs.full, unit, start, stop, tabs.tk,
-                    dout, lse, delta, target, dbias, *args, WANT_DBIAS=want_dbias, PARTIAL=partial, **common)
+                    dout, lse, delta, target, dbias, *args, WANT_DBIAS=want_dbias, PARTIAL=partial, **common,
+                    **c.dense_opts("dq"))
                 if partial:
                     _assign_blocks(dq, tabs, tabs.qwork, target, nq)
             n, unit, start, stop = _items(tabs.kwork, partial)
@@ -459,7 +512,7 @@ def _backward(dout, q, k, v, bias, out, lse, tabs: _Tables, scale, dropout_p, dr
                     impl._dense_bwd_dkdv[(n, H)](
                         q, k, v, c.bias, c.emap(), tabs.mask, tabs.full, unit, start, stop, tabs.kperm, tabs.tq,
                         dout, lse, delta, tk_, tv_, *args, PARTIAL=partial, KEYS_FIRST=c.keys_first,
-                        WANT_DK=want_dk, WANT_DV=want_dv, **common)
+                        WANT_DK=want_dk, WANT_DV=want_dv, **common, **c.dense_opts("dkdv"))
                 if partial:
                     _assign_blocks(dk, tabs, tabs.kwork, tk_, nk)
                     _assign_blocks(dv, tabs, tabs.kwork, tv_, nk)
@@ -565,7 +618,7 @@ def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: Til
     if bias is not None and (not isinstance(bias, torch.Tensor) or bias.shape != (plan.num_edges, H)):
         raise ValueError(f"expected bias of shape [{plan.num_edges}, {H}], got "
                          f"{list(bias.shape) if isinstance(bias, torch.Tensor) else type(bias).__name__}")
-    why = unavailable_reason(q.device, q.dtype, tile=plan.tile, head_dims=(D, v.shape[2]))
+    why = unavailable_reason(q.device, q.dtype, tile=plan.tile if plan.dense else None, head_dims=(D, v.shape[2]))
     if why:
         raise RuntimeError(f"the Triton kernels cannot run: {why}")
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)

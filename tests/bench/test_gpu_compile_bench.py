@@ -42,3 +42,16 @@ def test_report_end_to_end(capsys):
     summary = out.splitlines()[1]
     assert "kernel specialisations compiled for sm_90" in summary and "0 do not fit the SM" in summary
     assert out.count("| _dense_fwd") >= 4 and "wgmma" in out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(WHY is not None, reason=f"cannot compile for sm_90 here: {WHY}")
+def test_sweep_reproduces_the_launch_table_for_64_tiles():
+    from graphattn.nn import triton_kernels
+
+    chosen = gpu_compile.sweep(tiles=(64,), dims=(64,))
+    assert set(chosen) == {(fp32, 64, 64, bias) for fp32 in (False, True) for bias in (False, True)}
+    for cls, pick in chosen.items():
+        assert {k: v[:2] for k, v in pick.items()} == triton_kernels._DENSE_LAUNCH[cls], cls
+        assert all(v[2] == 0 for v in pick.values())  # no spills
+    assert "| bf16/fp16 | 64   | 64" in gpu_compile.sweep_table(chosen)

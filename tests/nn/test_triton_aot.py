@@ -96,3 +96,28 @@ def test_target_type_error():
     with pytest.raises(TypeError, match="expected target to be a graphattn.nn.triton_aot.Target, got int"):
         with triton_aot.compile_only(90):
             pass
+
+
+@pytest.mark.parametrize("dtype, tile, dim", [(torch.bfloat16, 64, 256), (torch.bfloat16, 128, 128),
+                                              (torch.float32, 64, 128), (torch.float32, 16, 64),
+                                              (torch.bfloat16, 32, 128)])
+def test_every_supported_class_fits_an_sm(dtype, tile, dim):
+    # The launch table (triton_kernels._DENSE_LAUNCH, from `gpu-compile --sweep`) at its edges:
+    # the largest head dims and tiles the backend accepts, and the small tiles' default launch.
+    assert triton_kernels.unavailable_reason("cuda", dtype, tile=tile, head_dims=(dim, dim)) is None
+    builds = compile_case(dtype, heads=2, dim=dim, tile=tile, n=4 * tile)
+    assert {b.kernel for b in builds} >= {"_dense_fwd", "_dense_bwd_dq", "_dense_bwd_dkdv"}
+    for b in builds:
+        assert b.fits, b
+
+
+@pytest.mark.parametrize("dtype, tile, dim, text", [
+    (torch.bfloat16, 128, 256, "a 128-tile with head dims above 128 in bf16/fp16"),
+    (torch.float32, 64, 256, "fp32 with head dims above 128"),
+    (torch.float32, 128, 64, "fp32 with a 128-tile spills registers"),
+])
+def test_classes_without_a_fitting_launch_are_declined(dtype, tile, dim, text):
+    why = triton_kernels.unavailable_reason("cuda", dtype, tile=tile, head_dims=(dim, dim))
+    assert why is not None and text in why and "use a plan tile <= 64" in why
+    # ... but not when the plan has no dense tiles (only the CSR kernels run)
+    assert triton_kernels.unavailable_reason("cuda", dtype, tile=None, head_dims=(dim, dim)) is None
