@@ -383,7 +383,10 @@ class _Call:
         block_d = max(self.consts["BLOCK_D"], self.consts["BLOCK_DV"])
         self.launch = {name: ((1, 1) if interp else _dense_launch(name, tabs.block_t, block_d, q.dtype, self.has_bias))
                        for name in ("fwd", "dq", "dkdv")}
-        self.csr_warps = 1 if interp else (4 if tabs.block_n >= 64 else 2)
+        # CSR programs hold a [BLOCK_N, BLOCK_D] neighbour chunk: 8 warps from 64 x 256 up keep the
+        # backward from spilling (sm_90 compile report), fewer for small chunks.
+        chunk = tabs.block_n * max(self.consts["BLOCK_D"], self.consts["BLOCK_DV"])
+        self.csr_warps = 1 if interp else (8 if chunk >= 16384 else (4 if tabs.block_n >= 64 else 2))
 
     def drop_args(self):
         return (self.k0, self.k1, self.thr, self.inv_keep)

@@ -121,3 +121,17 @@ def test_classes_without_a_fitting_launch_are_declined(dtype, tile, dim, text):
     assert why is not None and text in why and "use a plan tile <= 64" in why
     # ... but not when the plan has no dense tiles (only the CSR kernels run)
     assert triton_kernels.unavailable_reason("cuda", dtype, tile=None, head_dims=(dim, dim)) is None
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_csr_kernels_with_large_chunks_do_not_spill(dtype):
+    n = 512
+    g = rules.random(n, keys_per_query=64, seed=0)  # chunks of 64 neighbours
+    plan = build_plan(g.edge_index, n, n, tile=64)
+    q, k, v = (torch.zeros(n, 2, 256, dtype=dtype, requires_grad=True) for _ in range(3))
+    with triton_aot.compile_only() as builds:
+        out, _ = triton_kernels.FusedGraphAttention.apply(q, k, v, None, plan, 0.0625, 0.0, 0)
+        out.backward(torch.zeros_like(out))
+    assert {b.kernel for b in builds} == {"_csr_fwd", "_csr_bwd_dq", "_csr_bwd_dkdv"}
+    for b in builds:
+        assert b.fits and b.spill_bytes == 0 and b.constants["BLOCK_N"] == 64, b
