@@ -106,6 +106,15 @@ def _check_graph(graph, nq: int, nk: int, device):
     return ei, None, entry
 
 
+def _trust_edge_index(edge_index: torch.Tensor, nq: int, nk: int) -> None:
+    """Record an int64 edge_index built by graphattn itself (unique, in range, sorted by
+    (query, key)) as checked, so graph_attention skips its O(E) checks (internal callers that
+    build a graph per step: LSH, routing)."""
+    key = (_version(edge_index), nq, nk, edge_index.device)
+    if key[0] is not None and edge_index.dtype == torch.int64:
+        _EDGE_INDEX_CACHE[edge_index] = _EdgeIndexEntry(key, None, True)
+
+
 def _plan(src, ei, nq: int, nk: int, **options):
     if isinstance(src, AttentionGraph):
         return get_plan(src, nq, nk, **options)

@@ -242,3 +242,19 @@ def test_edge_index_cache_key_includes_the_sizes_and_inference_mode_is_not_cache
         out = graph_attention(q.detach(), k.detach(), v.detach(), e2)
         assert e2 not in functional._EDGE_INDEX_CACHE
     assert out.shape == (2, 3, 5)
+
+
+def test_trusted_edge_index_skips_the_checks_until_modified(monkeypatch):
+    from graphattn.nn import functional
+
+    ei = rules.band(30, radius=2).edge_index.clone()
+    q, k, v = inputs(30, 30)
+    functional._trust_edge_index(ei, 30, 30)
+    calls = []
+    real = functional._check_edge_index
+    monkeypatch.setattr(functional, "_check_edge_index", lambda *a: calls.append(1) or real(*a))
+    check_against_reference(q, k, v, ei, 30, 30, ei)
+    assert calls == []
+    ei.add_(0)  # written in place (same values): checked again
+    graph_attention(q, k, v, ei)
+    assert calls == [1]
