@@ -55,3 +55,9 @@ def test_sweep_reproduces_the_launch_table_for_64_tiles():
         assert {k: v[:2] for k, v in pick.items()} == triton_kernels._DENSE_LAUNCH[cls], cls
         assert all(v[2] == 0 for v in pick.values())  # no spills
     assert "| bf16/fp16 | 64   | 64" in gpu_compile.sweep_table(chosen)
+
+
+def test_refuses_clearly_when_it_cannot_compile(monkeypatch, capsys):
+    monkeypatch.setattr(triton_aot, "unavailable_reason", lambda target=None: "triton is not importable (test)")
+    assert main(["gpu-compile"]) == 2
+    assert "gpu-compile: triton is not importable (test)" in capsys.readouterr().err
