@@ -19,6 +19,9 @@ slot with room for start-up and the last cell), that writes one markdown report 
    ``PEAK_TFLOPS``, the peak memory, and one-time setup (plan, tables, BlockMask, compile).
 3. **Targets** of issue 7: within 1.5x of FlexAttention on band and BigBird, at least 20x faster
    than gather/scatter on the random graph, band at 1M tokens forward+backward fits.
+4. **Launch sweep**, with the time left: band and BigBird at 64k in bf16 under every
+   ``(num_warps, num_stages)`` of the compile sweep against the launch table's choice (which
+   was chosen from registers and spills alone, without a GPU).
 
 Every measurement runs in its own ``try``: an error or an out-of-memory lands in the table and
 the script goes on. Cells run in priority order (64k first, then 1M band, then the other
@@ -39,7 +42,7 @@ from graphattn.bench._timing import format_table
 from graphattn.bench.attention import BLOCK, RADIUS, RANDOM_KEYS, _graph  # the CPU bench's patterns
 from graphattn.nn.reference import dense_attention, dense_bias
 
-__all__ = ["PEAK_TFLOPS", "run", "exactness", "timings", "targets"]
+__all__ = ["PEAK_TFLOPS", "run", "exactness", "timings", "targets", "launch_sweep", "launch_table"]
 
 PEAK_TFLOPS = 790.0  # H200 bf16 dense matmul throughput, as issue 7 takes it
 H, D = 8, 64
@@ -471,6 +474,76 @@ def targets(results: list[dict]) -> str:
     return format_table(["target", "measured", "result"], rows) if rows else "(no target could be checked)"
 
 
+def launch_sweep(device="cuda", n: int = 65536, patterns=("band", "bigbird"), budget: Budget | None = None,
+                 repeats: int = 5, log=print) -> list[dict]:
+    """Time every ``(num_warps, num_stages)`` candidate of the compile sweep
+    (:data:`graphattn.bench.gpu_compile.SWEEP_CANDIDATES`, applied to all three dense kernels)
+    on the benchmark's bf16 graphs at ``n``, forward and forward+backward, next to the launch
+    table's own choice (``table``): the measurements the static table
+    (``triton_kernels._DENSE_LAUNCH``, chosen from registers and spills) still lacks.
+    Candidates that do not fit an SM report the error."""
+    from graphattn.bench.gpu_compile import SWEEP_CANDIDATES
+    from graphattn.nn import graph_attention
+    from graphattn.nn import triton_kernels as tk
+    from graphattn.nn.backends import Backend, use
+
+    results = []
+    for pattern in patterns:
+        g = _graph(pattern, n).to(device)
+        gen = torch.Generator(device=device).manual_seed(0)
+        base = [torch.randn(n, H, D, generator=gen, device=device, dtype=torch.bfloat16) for _ in range(3)]
+        go = torch.randn(n, H, D, generator=gen, device=device, dtype=torch.bfloat16)
+        for cand in [None] + list(SWEEP_CANDIDATES):
+            for mode in ("fwd", "fwd+bwd"):
+                cell = dict(pattern=pattern, n=n, launch="table" if cand is None else f"{cand[0]} warps, {cand[1]} stages",
+                            mode=mode)
+                results.append(cell)
+                if budget is not None and budget.left() < 20:
+                    cell["skip"] = "time budget"
+                    continue
+                old, tk._LAUNCH_OVERRIDE = tk._LAUNCH_OVERRIDE, cand
+                try:
+                    q, k, v = (t.detach().requires_grad_(mode != "fwd") for t in base)
+
+                    def step():
+                        with use(Backend.TRITON):
+                            if mode == "fwd":
+                                with torch.no_grad():
+                                    graph_attention(q, k, v, g)
+                            else:
+                                for t in (q, k, v):
+                                    t.grad = None
+                                graph_attention(q, k, v, g).backward(go)
+
+                    step()  # compile
+                    secs, _ = _time(step, device, repeats, warmup=1)
+                    cell["time_s"] = secs
+                except Exception as exc:  # out of resources and the like: report, go on
+                    cell["skip"] = _err(exc)
+                finally:
+                    tk._LAUNCH_OVERRIDE = old
+                    q = k = v = step = None
+                log(f"    launch {pattern} {cell['launch']:18s} {mode:8s} "
+                    + (f"{cell['time_s'] * 1e3:9.2f} ms" if "time_s" in cell else cell["skip"]))
+        g = base = go = None
+        _free()
+    return results
+
+
+def launch_table(results: list[dict]) -> str:
+    best = {}
+    for r in results:
+        if "time_s" in r:
+            key = (r["pattern"], r["mode"])
+            best[key] = min(best.get(key, float("inf")), r["time_s"])
+    rows = []
+    for r in results:
+        t = r.get("time_s")
+        rows.append([r["pattern"], f"{r['n']:,}", r["launch"], r["mode"], "-" if t is None else f"{t * 1e3:.2f}",
+                     "-" if t is None else f"{t / best[(r['pattern'], r['mode'])]:.2f}", r.get("skip", "")])
+    return format_table(["pattern", "n", "launch (all dense kernels)", "mode", "ms", "x best", "note"], rows)
+
+
 def run(out_path: str = "gpu_bench.md", budget_s: float = 480.0, device="cuda", max_n: int = 1048576,
         exact_n: int = 4096, log=print) -> str:
     """Run the whole benchmark and return (and write) the markdown report."""
@@ -493,6 +566,8 @@ def run(out_path: str = "gpu_bench.md", budget_s: float = 480.0, device="cuda", 
     exact_budget_left = budget.left()
     log(f"timings ... ({exact_budget_left:.0f} s left)")
     results = timings(device, max_n=max_n, budget=budget, log=log)
+    log(f"launch sweep ... ({budget.left():.0f} s left)")
+    launches = launch_sweep(device, n=min(65536, max_n), budget=budget, log=log)
     report = "\n".join([
         header,
         f"## Exactness (n = {exact_n:,}, 4 heads x 64; normwise relative errors vs float64 dense; "
@@ -500,6 +575,8 @@ def run(out_path: str = "gpu_bench.md", budget_s: float = 480.0, device="cuda", 
         f"## Timings (bf16, {H} heads x {D}; medians; FLOP floor = graph work / {PEAK_TFLOPS:.0f} TFLOP/s)\n",
         timing_table(results), "",
         "## Targets (issue 7)\n", targets(results), "",
+        "## Launch sweep (bf16; every (warps, stages) candidate against the launch table's choice)\n",
+        launch_table(launches), "",
         f"Total {budget_s - budget.left():.0f} s.",
     ])
     with open(out_path, "w") as fh:

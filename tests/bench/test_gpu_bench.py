@@ -64,3 +64,30 @@ def test_cpu_dry_run_reports_every_method():
     # ... while the peers run, and FlexAttention's missing CPU backward is reported.
     assert by[("dense_sdpa", "fwd")]["time_s"] > 0 and by[("gather_scatter", "fwd+bwd")]["time_s"] > 0
     assert by[("flex", "fwd")]["time_s"] > 0 and "backward" in by[("flex", "fwd+bwd")]["skip"]
+
+
+def test_launch_sweep_dry_run_reports_each_candidate():
+    from graphattn.bench.gpu_compile import SWEEP_CANDIDATES
+
+    results = gpu.launch_sweep("cpu", n=256, patterns=("band",), repeats=1, log=lambda *a: None)
+    assert len(results) == 2 * (1 + len(SWEEP_CANDIDATES))
+    assert results[0]["launch"] == "table" and results[2]["launch"] == "4 warps, 1 stages"
+    from graphattn.nn import triton_kernels
+
+    assert triton_kernels._LAUNCH_OVERRIDE is None  # restored
+    if triton_kernels.unavailable_reason("cpu", torch.bfloat16) is not None:  # no interpreter here
+        assert all("backend TRITON was requested but cannot run" in r["skip"] for r in results)
+    table = gpu.launch_table(results + [dict(pattern="band", n=256, launch="table", mode="fwd", time_s=0.002),
+                                        dict(pattern="band", n=256, launch="4 warps, 1 stages", mode="fwd",
+                                             time_s=0.001)])
+    assert "| 2.00 " in table and "| 1.00 " in table
+
+
+def test_whole_report_dry_run_on_cpu(tmp_path):
+    # Every section is assembled and written even when nothing can run on the Triton backend.
+    out = tmp_path / "gpu_bench.md"
+    report = gpu.run(str(out), budget_s=600, device="cpu", max_n=256, exact_n=256, log=lambda *a: None)
+    assert out.read_text().strip() == report.strip()
+    for section in ("## Exactness", "## Timings", "## Targets (issue 7)", "## Launch sweep"):
+        assert section in report
+    assert report.count("| band r=128") == 2  # fp32 and bf16 rows
