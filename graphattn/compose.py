@@ -12,7 +12,7 @@ from typing import Sequence
 import torch
 
 from graphattn._validate import check_int, check_query_range
-from graphattn.graph import AttentionGraph, EdgeLabel, NodeType
+from graphattn.graph import AttentionGraph
 
 __all__ = ["union", "intersection", "difference", "lift_blocks", "batch", "stack_heads", "schedule"]
 

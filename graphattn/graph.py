@@ -9,7 +9,6 @@ by query, then key, so the query-major CSR layout is a free by-product.
 from __future__ import annotations
 
 import enum
-from typing import Iterable
 
 import torch
 

@@ -10,7 +10,6 @@ Every cell runs in its own process, so peak RSS is that cell's own (``ru_maxrss`
 from __future__ import annotations
 
 import json
-import math
 import os
 import resource
 import subprocess

@@ -14,7 +14,6 @@ from typing import Callable, NamedTuple
 import torch
 
 from graphattn.compose import batch
-from graphattn.graph import AttentionGraph
 
 __all__ = ["Ragged", "ragged_tokens", "LengthCache", "batched_graph"]
 

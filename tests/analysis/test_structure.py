@@ -4,7 +4,6 @@ import itertools
 import math
 
 import networkx as nx
-import numpy as np
 import pytest
 import torch
 

@@ -5,7 +5,6 @@ from reference import dense_attention
 
 from graphattn import AttentionGraph, rules
 from graphattn.models import FeedForward, GraphRule, SparseEncoder, SparseEncoderLayer
-from graphattn.nn.reversible import _ReversibleFunction
 
 
 def _grad_fns(t):

@@ -2,7 +2,7 @@ import pytest
 import torch
 from reference import dense_attention, dense_bias, dense_mask
 
-from graphattn import AttentionGraph, compose, rules
+from graphattn import compose, rules
 from graphattn.nn import graph_attention
 from graphattn.nn._engine import GraphAttentionFunction
 from graphattn.nn.plan import build_plan

@@ -6,7 +6,6 @@ import math
 from collections import Counter
 
 import pytest
-import torch
 
 from graphattn.graph import AttentionGraph, EdgeLabel, NodeType
 from graphattn.rules import bp_transformer
