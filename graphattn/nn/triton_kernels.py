@@ -319,6 +319,8 @@ def _dense_config(block_t: int, dtype: torch.dtype):
 # (``python -m graphattn.bench gpu-compile --sweep``: among the (warps, stages) that fit an SM,
 # fewest spilled bytes, then most pipeline stages, then the conventional warp count). No GPU
 # timing has chosen them yet. Key: (fp32, BLOCK_T, BLOCK_D class (64: head dims <= 64), bias).
+# Swept for sm_90 (H100/H200, 227 KiB shared memory per block); an SM with less (A100: 163 KiB)
+# may not fit the large head-dim classes: `gpu-compile --arch 80` shows which.
 _DENSE_LAUNCH: dict[tuple, dict[str, tuple[int, int]]] = {
     (False, 64, 64, False): {"fwd": (4, 3), "dq": (4, 3), "dkdv": (4, 3)},
     (False, 64, 64, True): {"fwd": (8, 3), "dq": (8, 3), "dkdv": (8, 3)},
