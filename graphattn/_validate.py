@@ -12,7 +12,7 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["check_int", "check_float", "check_bool", "check_query_range", "check_index_list", "check_heads"]
+__all__ = ["check_int", "check_float", "check_bool", "check_query_range", "check_index_list", "check_heads", "check_edge_index"]
 
 
 def check_int(name: str, value, *, minimum: int | None = None, maximum: int | None = None) -> int:
@@ -98,3 +98,20 @@ def check_index_list(name: str, values, *, size: int, what: str = "index") -> to
     if uniq.numel() != t.numel():
         raise ValueError(f"expected {name} to hold distinct values, got duplicates in {t.tolist()}")
     return uniq
+
+
+def check_edge_index(edge_index, num_nodes) -> tuple[torch.Tensor, int]:
+    """An integer ``[2, E]`` tensor with entries in ``[0, num_nodes)``: (as int64, num_nodes)."""
+    num_nodes = check_int("num_nodes", num_nodes, minimum=0)
+    if not isinstance(edge_index, torch.Tensor):
+        raise TypeError(f"expected edge_index to be a torch.Tensor, got {type(edge_index).__name__}")
+    if edge_index.dtype.is_floating_point or edge_index.dtype.is_complex or edge_index.dtype == torch.bool:
+        raise TypeError(f"expected edge_index to hold integers, got dtype {edge_index.dtype}")
+    if edge_index.dim() != 2 or edge_index.shape[0] != 2:
+        raise ValueError(f"expected edge_index of shape [2, E], got {list(edge_index.shape)}")
+    edge_index = edge_index.to(torch.int64)
+    if edge_index.numel():
+        lo, hi = int(edge_index.min()), int(edge_index.max())
+        if lo < 0 or hi >= num_nodes:
+            raise ValueError(f"expected edge_index entries in [0, num_nodes={num_nodes}), got {lo if lo < 0 else hi}")
+    return edge_index, num_nodes

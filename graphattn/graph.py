@@ -12,7 +12,7 @@ import enum
 
 import torch
 
-from graphattn._validate import check_int
+from graphattn._validate import check_edge_index, check_int
 
 __all__ = ["AttentionGraph", "NodeType", "EdgeLabel"]
 
@@ -129,21 +129,8 @@ class AttentionGraph:
         Duplicate edges are merged: the first occurrence's label and relative position are kept,
         head masks are OR-ed. Raises ``ValueError``/``TypeError`` on a bad shape, dtype or range.
         """
-        num_nodes = check_int("num_nodes", num_nodes, minimum=0)
-        if not isinstance(edge_index, torch.Tensor):
-            raise TypeError(f"expected edge_index to be a torch.Tensor, got {type(edge_index).__name__}")
-        if edge_index.dtype.is_floating_point or edge_index.dtype.is_complex or edge_index.dtype == torch.bool:
-            raise TypeError(f"expected edge_index to hold integers, got dtype {edge_index.dtype}")
-        if edge_index.dim() != 2 or edge_index.shape[0] != 2:
-            raise ValueError(f"expected edge_index of shape [2, E], got {list(edge_index.shape)}")
-        edge_index = edge_index.to(torch.int64)
+        edge_index, num_nodes = check_edge_index(edge_index, num_nodes)
         num_edges = edge_index.shape[1]
-        if num_edges:
-            lo, hi = int(edge_index.min()), int(edge_index.max())
-            if lo < 0 or hi >= num_nodes:
-                raise ValueError(
-                    f"expected edge_index entries in [0, num_nodes={num_nodes}), got {lo if lo < 0 else hi}"
-                )
         device = edge_index.device
         node_type = cls._check_node_type(node_type, num_nodes, device)
         if edge_label is None:

@@ -10,15 +10,13 @@ Every cell runs in its own process, so peak RSS is that cell's own (``ru_maxrss`
 from __future__ import annotations
 
 import json
-import os
 import resource
-import subprocess
 import sys
 import time
 
 import torch
 
-from graphattn.bench._timing import format_table, measure
+from graphattn.bench._timing import format_table, measure, spawn_worker
 
 __all__ = ["run", "run_cell", "PATTERNS", "METHODS"]
 
@@ -127,17 +125,8 @@ def run_cell(method: str, pattern: str, n: int, H: int, D: int, mode: str, repea
 
 
 def _spawn(method, pattern, n, H, D, mode, repeats, timeout) -> dict:
-    arg = json.dumps(dict(method=method, pattern=pattern, n=n, H=H, D=D, mode=mode, repeats=repeats))
-    try:
-        proc = subprocess.run([sys.executable, "-m", "graphattn.bench.attention", "--worker", arg],
-                              capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
-    except subprocess.TimeoutExpired:
-        return {"skip": f"timeout > {timeout} s"}
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        last = (proc.stderr.strip().splitlines() or ["?"])[-1]
-        return {"skip": f"failed: {last[:80]}"}
-    return json.loads(lines[-1])
+    return spawn_worker("graphattn.bench.attention",
+                        dict(method=method, pattern=pattern, n=n, H=H, D=D, mode=mode, repeats=repeats), timeout)
 
 
 def run(ns=(4096, 16384, 65536), patterns=PATTERNS, methods=METHODS, H=4, D=64, repeats=3,

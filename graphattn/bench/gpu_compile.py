@@ -44,21 +44,26 @@ def cases(n: int = 4096):
     return out
 
 
+def _launch_all(plan, heads: int, dim: int, dtype, with_bias: bool, dropout_p: float = 0.0) -> None:
+    """Forward and backward through the fused kernels on zero inputs (inside compile_only, this
+    compiles every kernel the call launches)."""
+    from graphattn.nn.triton_kernels import FusedGraphAttention
+
+    q, k, v = (torch.zeros(n, heads, dim, dtype=dtype, requires_grad=True)
+               for n in (plan.num_queries, plan.num_keys, plan.num_keys))
+    bias = torch.zeros(plan.num_edges, heads, requires_grad=True) if with_bias else None
+    out, _ = FusedGraphAttention.apply(q, k, v, bias, plan, dim ** -0.5, dropout_p, 7)
+    out.backward(torch.zeros_like(out))
+
+
 def compile_builds(target: triton_aot.Target = triton_aot.H100, n: int = 4096, log=None):
     """Compile every kernel the :func:`cases` launch; returns the ``KernelBuild`` list."""
     from graphattn.nn.plan import get_plan
-    from graphattn.nn.triton_kernels import FusedGraphAttention
 
     with triton_aot.compile_only(target) as builds:
         for name, graph, nq, nk, heads, dim, dtype, with_bias, p, tile in cases(n):
             t0, before = time.perf_counter(), len(builds)
-            plan = get_plan(graph, nq, nk, tile=tile, dense_threshold=0.25)
-            q = torch.zeros(nq, heads, dim, dtype=dtype, requires_grad=True)
-            k = torch.zeros(nk, heads, dim, dtype=dtype, requires_grad=True)
-            v = torch.zeros(nk, heads, dim, dtype=dtype, requires_grad=True)
-            bias = torch.zeros(plan.num_edges, heads, requires_grad=True) if with_bias else None
-            out, _ = FusedGraphAttention.apply(q, k, v, bias, plan, dim ** -0.5, p, 7)
-            out.backward(torch.zeros_like(out))
+            _launch_all(get_plan(graph, nq, nk, tile=tile, dense_threshold=0.25), heads, dim, dtype, with_bias, p)
             if log is not None:
                 log(f"  {name} {str(dtype)[6:]} tile {tile}: {len(builds) - before} new kernels "
                     f"({time.perf_counter() - t0:.1f} s)")
@@ -110,53 +115,56 @@ def sweep(target: triton_aot.Target = triton_aot.H100, tiles=(64, 128), dims=(64
     for a 128-tile in half precision, 16 in fp32). Returns ``{class: {kernel: (warps, stages,
     spill bytes, shared bytes)}}`` (kernel None where no candidate fits); ``class`` is the key
     of ``triton_kernels._DENSE_LAUNCH``."""
+    import itertools
+
     from graphattn import rules
-    from graphattn.nn import triton_kernels as tk
     from graphattn.nn.plan import build_plan
 
     chosen = {}
-    for fp32 in (False, True):
-        for block_t in tiles:
-            n = 4 * block_t
-            plan = build_plan(rules.band(n, radius=block_t + block_t // 2).edge_index, n, n, tile=block_t)
-            for dim in dims:
-                for bias in (False, True):
-                    cls = (fp32, block_t, dim, bias)
-                    found = {}
-                    for cand in SWEEP_CANDIDATES:
-                        old, tk._LAUNCH_OVERRIDE = tk._LAUNCH_OVERRIDE, cand
-                        try:
-                            with triton_aot.compile_only(target) as builds:
-                                dtype = torch.float32 if fp32 else torch.bfloat16
-                                q, k, v = (torch.zeros(n, 2, dim, dtype=dtype, requires_grad=True) for _ in range(3))
-                                b = torch.zeros(plan.num_edges, 2, requires_grad=True) if bias else None
-                                out, _ = tk.FusedGraphAttention.apply(q, k, v, b, plan, dim ** -0.5, 0.0, 0)
-                                out.backward(torch.zeros_like(out))
-                        finally:
-                            tk._LAUNCH_OVERRIDE = old
-                        for bd in builds:
-                            name = _KERNEL.get(bd.kernel)
-                            if name is None:
-                                continue
-                            prev = found.setdefault(name, {}).get(cand)
-                            spill = bd.spill_bytes if prev is None else max(prev[0], bd.spill_bytes)
-                            shared = bd.shared_bytes if prev is None else max(prev[1], bd.shared_bytes)
-                            fits = bd.fits and (prev is None or prev[2])
-                            found[name][cand] = (spill, shared, fits)
-                    conv = _conventional_warps(fp32, block_t)
-                    pick = {}
-                    for name, by_cand in found.items():
-                        ok = [(c, r) for c, r in by_cand.items() if r[2]]
-                        if not ok:
-                            pick[name] = None
-                            continue
-                        (w, st), (spill, shared, _) = min(
-                            ok, key=lambda cr: (cr[1][0], -cr[0][1], abs(cr[0][0].bit_length() - conv.bit_length())))
-                        pick[name] = (w, st, spill, shared)
-                    chosen[cls] = pick
-                    if log is not None:
-                        log(f"  {cls}: {pick}")
+    for fp32, block_t, dim, bias in itertools.product((False, True), tiles, dims, (False, True)):
+        n = 4 * block_t
+        plan = build_plan(rules.band(n, radius=block_t + block_t // 2).edge_index, n, n, tile=block_t)
+        dtype = torch.float32 if fp32 else torch.bfloat16
+        by_kernel: dict = {}  # kernel -> candidate -> (spill bytes, shared bytes, fits)
+        for cand in SWEEP_CANDIDATES:
+            for name, res in _candidate_resources(plan, dim, dtype, bias, cand, target).items():
+                by_kernel.setdefault(name, {})[cand] = res
+        conv = _conventional_warps(fp32, block_t)
+        pick = {name: _choose(by_cand, conv) for name, by_cand in by_kernel.items()}
+        chosen[(fp32, block_t, dim, bias)] = pick
+        if log is not None:
+            log(f"  {(fp32, block_t, dim, bias)}: {pick}")
     return chosen
+
+
+def _candidate_resources(plan, dim, dtype, bias, cand, target) -> dict:
+    """Per dense kernel, (spill bytes, shared bytes, fits) of one launch candidate (the worst of
+    its launches: fp32 runs dK/dV as two)."""
+    from graphattn.nn import triton_kernels as tk
+
+    old, tk._LAUNCH_OVERRIDE = tk._LAUNCH_OVERRIDE, cand
+    try:
+        with triton_aot.compile_only(target) as builds:
+            _launch_all(plan, 2, dim, dtype, bias)
+    finally:
+        tk._LAUNCH_OVERRIDE = old
+    res = {}
+    for bd in builds:
+        name = _KERNEL.get(bd.kernel)
+        if name is not None:
+            spill, shared, fits = res.get(name, (0, 0, True))
+            res[name] = (max(spill, bd.spill_bytes), max(shared, bd.shared_bytes), fits and bd.fits)
+    return res
+
+
+def _choose(by_cand: dict, conv: int):
+    """``(warps, stages, spill, shared)`` of the best fitting candidate, or None."""
+    ok = [(c, r) for c, r in by_cand.items() if r[2]]
+    if not ok:
+        return None
+    (w, st), (spill, shared, _) = min(
+        ok, key=lambda cr: (cr[1][0], -cr[0][1], abs(cr[0][0].bit_length() - conv.bit_length())))
+    return w, st, spill, shared
 
 
 def sweep_table(chosen: dict) -> str:

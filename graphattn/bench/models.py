@@ -18,14 +18,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import resource
-import subprocess
 import sys
 
 import torch
 
-from graphattn.bench._timing import format_table, measure
+from graphattn.bench._timing import format_table, measure, spawn_worker
 
 __all__ = ["run", "run_cell", "SUITES"]
 
@@ -122,16 +120,7 @@ MMAP_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
 
 
 def _spawn(spec: dict, timeout: int, env: dict | None = None) -> dict:
-    try:
-        proc = subprocess.run([sys.executable, "-m", "graphattn.bench.models", "--worker", json.dumps(spec)],
-                              capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
-    except subprocess.TimeoutExpired:
-        return {"skip": f"timeout > {timeout} s"}
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        last = (proc.stderr.strip().splitlines() or ["?"])[-1]
-        return {"skip": f"failed: {last[:80]}"}
-    return json.loads(lines[-1])
+    return spawn_worker("graphattn.bench.models", spec, timeout, env)
 
 
 def _cells(suites, ns, encoder_n, ffn_n, depth):

@@ -13,9 +13,10 @@ from typing import Callable, NamedTuple
 
 import torch
 
+from graphattn._validate import check_float, check_int
 from graphattn.compose import batch
 
-__all__ = ["Ragged", "ragged_tokens", "LengthCache", "batched_graph"]
+__all__ = ["Ragged", "ragged_tokens", "ragged_input", "classifier_args", "LengthCache", "batched_graph"]
 
 
 class Ragged(NamedTuple):
@@ -44,6 +45,25 @@ def check_tokens(tokens, vocab_size: int, name: str = "tokens") -> torch.Tensor:
         if lo < 0 or hi >= vocab_size:
             raise ValueError(f"expected {name} ids in [0, vocab_size = {vocab_size}), got {lo if lo < 0 else hi}")
     return tokens.long()
+
+
+def classifier_args(vocab_size, embed_dim, num_heads, num_layers, num_classes, padding_idx, max_len, dropout):
+    """The validated arguments every token classifier takes, in that order."""
+    vocab_size = check_int("vocab_size", vocab_size, minimum=1)
+    return (vocab_size, check_int("embed_dim", embed_dim, minimum=1), check_int("num_heads", num_heads, minimum=1),
+            check_int("num_layers", num_layers, minimum=1), check_int("num_classes", num_classes, minimum=1),
+            None if padding_idx is None else check_int("padding_idx", padding_idx, minimum=0, maximum=vocab_size - 1),
+            check_int("max_len", max_len, minimum=1), check_float("dropout", dropout, minimum=0.0, maximum=1.0))
+
+
+def ragged_input(tokens, vocab_size: int, padding_idx: int | None, max_len: int) -> Ragged:
+    """A classifier's ``tokens [B, n]`` checked and without padding; at most ``max_len`` real
+    tokens per sample."""
+    r = ragged_tokens(check_tokens(tokens, vocab_size), padding_idx)
+    if int(r.lengths.max()) > max_len:
+        raise ValueError(f"expected at most max_len = {max_len} non-padding tokens per sample, "
+                         f"got {int(r.lengths.max())}")
+    return r
 
 
 def ragged_tokens(tokens: torch.Tensor, padding_idx: int | None) -> Ragged:

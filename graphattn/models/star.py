@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from graphattn import rules
-from graphattn._validate import check_bool, check_float, check_int
+from graphattn._validate import check_bool
 from graphattn.graph import EdgeLabel
-from graphattn.models._ragged import LengthCache, batched_graph, check_tokens, ragged_tokens
+from graphattn.models._ragged import LengthCache, batched_graph, classifier_args, ragged_input
 from graphattn.models.encoder import GraphRule
 from graphattn.nn.attention import GraphAttention
 
@@ -70,15 +70,9 @@ class StarTransformerClassifier(nn.Module):
                  padding_idx: int | None = 0, max_len: int = 512, dropout: float = 0.0, cyclic: bool = True,
                  max_pool: bool = False):
         super().__init__()
-        self.vocab_size = check_int("vocab_size", vocab_size, minimum=1)
-        self.embed_dim = check_int("embed_dim", embed_dim, minimum=1)
-        self.num_heads = check_int("num_heads", num_heads, minimum=1)
-        self.num_layers = check_int("num_layers", num_layers, minimum=1)
-        self.num_classes = check_int("num_classes", num_classes, minimum=1)
-        self.padding_idx = None if padding_idx is None else check_int(
-            "padding_idx", padding_idx, minimum=0, maximum=vocab_size - 1)
-        self.max_len = check_int("max_len", max_len, minimum=1)
-        self.dropout = check_float("dropout", dropout, minimum=0.0, maximum=1.0)
+        (self.vocab_size, self.embed_dim, self.num_heads, self.num_layers, self.num_classes, self.padding_idx,
+         self.max_len, self.dropout) = classifier_args(vocab_size, embed_dim, num_heads, num_layers, num_classes,
+                                                       padding_idx, max_len, dropout)
         self.cyclic = check_bool("cyclic", cyclic)
         self.max_pool = check_bool("max_pool", max_pool)
         self.token_embedding = nn.Embedding(vocab_size, embed_dim, padding_idx=self.padding_idx)
@@ -109,11 +103,7 @@ class StarTransformerClassifier(nn.Module):
                 m.reset_parameters()
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        tokens = check_tokens(tokens, self.vocab_size)
-        r = ragged_tokens(tokens, self.padding_idx)
-        if int(r.lengths.max()) > self.max_len:
-            raise ValueError(f"expected at most max_len = {self.max_len} non-padding tokens per sample, "
-                             f"got {int(r.lengths.max())}")
+        r = ragged_input(tokens, self.vocab_size, self.padding_idx, self.max_len)
         B, E = tokens.shape[0], self.embed_dim
         e = self.drop(self.token_embedding(r.ids) + self.position_embedding(r.position))  # [T, E]
         ring, radical, node_ptr = batched_graph(self._graphs, r.lengths, tokens.device, self._batches, _phases)

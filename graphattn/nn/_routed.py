@@ -22,7 +22,7 @@ from graphattn.compose import stack_heads
 from graphattn.nn.functional import _trust_edge_index, graph_attention
 
 __all__ = ["check_input", "fold_heads", "slot_offsets", "add_lonely_self_loops", "routed_attention",
-           "per_head_graphs"]
+           "per_head_graphs", "routed_output"]
 
 
 def check_input(x, embed_dim: int) -> tuple[torch.Tensor, bool]:
@@ -108,3 +108,17 @@ def per_head_graphs(key_slot, query_slot, B: int, H: int, N: int, label: EdgeLab
                 ei, N, edge_label=torch.full((ei.shape[1],), int(label), dtype=torch.int8)))
         graphs.append(stack_heads(heads))
     return graphs
+
+
+def routed_output(out_proj, out: torch.Tensor, key_slot, query_slot, batched: bool, return_graph: bool,
+                  label: EdgeLabel):
+    """A content-based layer's result: ``out_proj`` of ``out [B, N, H, D]`` (unbatched input:
+    no batch dim), with the per-head graphs of every sample when ``return_graph``."""
+    B, N, H, D = out.shape
+    out = out_proj(out.reshape(B, N, H * D))
+    if not batched:
+        out = out[0]
+    if not return_graph:
+        return out
+    graphs = per_head_graphs(key_slot, query_slot, B, H, N, label)
+    return out, (graphs if batched else graphs[0])

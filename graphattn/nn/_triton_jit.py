@@ -62,14 +62,24 @@ def _keep(code, h, k0, k1, thr):
 
 
 @triton.jit
-def _program(PER_HEAD: tl.constexpr):
-    """(work item, head, head of the edge layout) of this program."""
+def _program(UNIT, START, STOP, PER_HEAD: tl.constexpr):
+    """This program's work item ``b`` and head ``h``, the head of the edge layout ``hm``, and the
+    item's unit (block or row, int64) and entry range ``start..stop``."""
+    b = tl.program_id(0)
     h = tl.program_id(1)
     if PER_HEAD:
         hm = h
     else:
         hm = 0
-    return tl.program_id(0), h, hm
+    return b, h, hm, tl.load(UNIT + b).to(tl.int64), tl.load(START + b), tl.load(STOP + b)
+
+
+@triton.jit
+def _block_rows(block, T, n, BLOCK_T: tl.constexpr):
+    """Rows of a ``T``-row block (padded to BLOCK_T) and which of them exist (``< n``)."""
+    r = tl.arange(0, BLOCK_T)
+    rows = block * T + r
+    return rows, (r < T) & (rows < n)
 
 
 @triton.jit
@@ -144,23 +154,18 @@ def _dense_fwd(Q, K, V, BIAS, EMAP, MASK, FULL, UNIT, START, STOP, TK,
     """One (work item, head): online softmax over the tiles ``START..STOP`` of query block
     ``UNIT``. FINAL: write the normalised output and lse; else the running (acc, m, l) per row,
     or with PARTIAL per item (a segment of a long block, merged afterwards)."""
-    b, h, hm = _program(PER_HEAD)
-    qb = tl.load(UNIT + b).to(tl.int64)
-    t0 = tl.load(START + b)
-    t1 = tl.load(STOP + b)
+    b, h, hm, qb, t0, t1 = _program(UNIT, START, STOP, PER_HEAD)
     r = tl.arange(0, BLOCK_T)
     dd = tl.arange(0, BLOCK_D)
     dv = tl.arange(0, BLOCK_DV)
-    rows = qb * T + r
-    rok = (r < T) & (rows < nq)
+    rows, rok = _block_rows(qb, T, nq, BLOCK_T)
     q = _load_rows(Q, rows, rok, H, h, D, dd)
     m_i = tl.full([BLOCK_T], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_T], tl.float32)
     acc = tl.zeros([BLOCK_T, BLOCK_DV], tl.float32)
     for t in range(t0, t1):
         kb = tl.load(TK + t).to(tl.int64)
-        cols = kb * T + r
-        cok = (r < T) & (cols < nk)
+        cols, cok = _block_rows(kb, T, nk, BLOCK_T)
         kt = _load_rows(K, cols, cok, H, h, D, dd)
         s, ok, e = _tile_scores(q, kt, rows, rok, cols, cok, t, h, hm, BIAS, EMAP, MASK, FULL, H, HM, T,
                                 scale2, BLOCK_T, HAS_BIAS, PREC, EMU)
@@ -202,9 +207,7 @@ def _csr_fwd(Q, K, V, BIAS, ROWS, START, STOP, COL, EID, HA, ACC, M, L, OUT, LSE
     """One (work item, head): continue query row ``ROWS``'s online softmax over its sparse
     neighbours ``START..STOP`` in chunks of BLOCK_N (from the dense part's state when INIT), then
     normalise and write; with PARTIAL write the item's (acc, m, l) (a segment of a long row)."""
-    b = tl.program_id(0)
-    i = tl.load(ROWS + b).to(tl.int64)
-    h = tl.program_id(1)
+    b, h, _, i, start, end = _program(ROWS, START, STOP, False)
     dd = tl.arange(0, BLOCK_D)
     dv = tl.arange(0, BLOCK_DV)
     q = tl.load(Q + (i * H + h) * D + dd, mask=dd < D, other=0.0).to(tl.float32)
@@ -216,8 +219,6 @@ def _csr_fwd(Q, K, V, BIAS, ROWS, START, STOP, COL, EID, HA, ACC, M, L, OUT, LSE
         m_i = tl.full([], float("-inf"), tl.float32)
         l_i = tl.full([], 0.0, tl.float32)
         acc = tl.zeros([BLOCK_DV], tl.float32)
-    start = tl.load(START + b)
-    end = tl.load(STOP + b)
     for e0 in range(start, end, BLOCK_N):
         offs = e0 + tl.arange(0, BLOCK_N)
         ev = offs < end
@@ -268,23 +269,18 @@ def _dense_bwd_dq(Q, K, V, BIAS, EMAP, MASK, FULL, UNIT, START, STOP, TK, DO, LS
                   DROPOUT: tl.constexpr, PARTIAL: tl.constexpr, PREC: tl.constexpr, EMU: tl.constexpr):
     """One (work item, head): dQ of query block ``UNIT`` over its tiles ``START..STOP``, and
     dbias of their edges; with PARTIAL dQ goes to the item's slot (summed afterwards)."""
-    b, h, hm = _program(PER_HEAD)
-    qb = tl.load(UNIT + b).to(tl.int64)
-    t0 = tl.load(START + b)
-    t1 = tl.load(STOP + b)
+    b, h, hm, qb, t0, t1 = _program(UNIT, START, STOP, PER_HEAD)
     r = tl.arange(0, BLOCK_T)
     dd = tl.arange(0, BLOCK_D)
     dv = tl.arange(0, BLOCK_DV)
-    rows = qb * T + r
-    rok = (r < T) & (rows < nq)
+    rows, rok = _block_rows(qb, T, nq, BLOCK_T)
     q = _load_rows(Q, rows, rok, H, h, D, dd)
     do = _load_rows(DO, rows, rok, H, h, DV, dv)
     lse2, delta = _row_stats(LSE, DELTA, rows * H + h, rok)
     dq = tl.zeros([BLOCK_T, BLOCK_D], tl.float32)
     for t in range(t0, t1):
         kb = tl.load(TK + t).to(tl.int64)
-        cols = kb * T + r
-        cok = (r < T) & (cols < nk)
+        cols, cok = _block_rows(kb, T, nk, BLOCK_T)
         kt = _load_rows(K, cols, cok, H, h, D, dd)
         vt = _load_rows(V, cols, cok, H, h, DV, dv)
         s, ok, e = _tile_scores(q, kt, rows, rok, cols, cok, t, h, hm, BIAS, EMAP, MASK, FULL, H, HM, T,
@@ -317,15 +313,11 @@ def _dense_bwd_dkdv(Q, K, V, BIAS, EMAP, MASK, FULL, UNIT, START, STOP, KPERM, T
     KEYS_FIRST: the tile's scores in [key, query] orientation. WANT_DK / WANT_DV: compute only
     one of the two (fp32 launches twice: its FMA matmuls spill registers when one program holds
     both accumulators; see triton_kernels._dense_config)."""
-    b, h, hm = _program(PER_HEAD)
-    kb = tl.load(UNIT + b).to(tl.int64)
-    u0 = tl.load(START + b)
-    u1 = tl.load(STOP + b)
+    b, h, hm, kb, u0, u1 = _program(UNIT, START, STOP, PER_HEAD)
     r = tl.arange(0, BLOCK_T)
     dd = tl.arange(0, BLOCK_D)
     dv = tl.arange(0, BLOCK_DV)
-    cols = kb * T + r
-    cok = (r < T) & (cols < nk)
+    cols, cok = _block_rows(kb, T, nk, BLOCK_T)
     kt = _load_rows(K, cols, cok, H, h, D, dd)
     vt = _load_rows(V, cols, cok, H, h, DV, dv)
     dk = tl.zeros([BLOCK_T, BLOCK_D], tl.float32)
@@ -333,8 +325,7 @@ def _dense_bwd_dkdv(Q, K, V, BIAS, EMAP, MASK, FULL, UNIT, START, STOP, KPERM, T
     for u in range(u0, u1):
         t = tl.load(KPERM + u)
         qb = tl.load(TQ + t).to(tl.int64)
-        rows = qb * T + r
-        rok = (r < T) & (rows < nq)
+        rows, rok = _block_rows(qb, T, nq, BLOCK_T)
         lse2, delta = _row_stats(LSE, DELTA, rows * H + h, rok)
         if KEYS_FIRST:
             # FlashAttention-2's dK/dV loop: S^T = K Q^T, dV += P^T dO, dP^T = V dO^T,
@@ -404,9 +395,7 @@ def _csr_bwd_dq(Q, K, V, BIAS, ROWS, START, STOP, COL, EID, HA, DO, LSE, DELTA, 
                 DROPOUT: tl.constexpr, ADD: tl.constexpr, PARTIAL: tl.constexpr):
     """One (work item, head): dQ of query row ``ROWS`` over its sparse neighbours
     ``START..STOP`` (added to the dense part's when ADD; into the item's slot with PARTIAL)."""
-    b = tl.program_id(0)
-    i = tl.load(ROWS + b).to(tl.int64)
-    h = tl.program_id(1)
+    b, h, _, i, start, end = _program(ROWS, START, STOP, False)
     dd = tl.arange(0, BLOCK_D)
     dv = tl.arange(0, BLOCK_DV)
     q = tl.load(Q + (i * H + h) * D + dd, mask=dd < D, other=0.0).to(tl.float32)
@@ -415,8 +404,6 @@ def _csr_bwd_dq(Q, K, V, BIAS, ROWS, START, STOP, COL, EID, HA, DO, LSE, DELTA, 
     lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
     delta = tl.load(DELTA + i * H + h)
     dq = tl.zeros([BLOCK_D], tl.float32)
-    start = tl.load(START + b)
-    end = tl.load(STOP + b)
     for e0 in range(start, end, BLOCK_N):
         offs = e0 + tl.arange(0, BLOCK_N)
         ev = offs < end
@@ -456,17 +443,13 @@ def _csr_bwd_dkdv(Q, K, V, BIAS, ROWS, START, STOP, TCOL, TEID, THA, DO, LSE, DE
     """One (work item, head): dK and dV of key row ``ROWS`` over the queries ``START..STOP`` of
     the plan's transposed CSR that attend it (added to the dense part's when ADD; into the
     item's slot with PARTIAL)."""
-    b = tl.program_id(0)
-    j = tl.load(ROWS + b).to(tl.int64)
-    h = tl.program_id(1)
+    b, h, _, j, start, end = _program(ROWS, START, STOP, False)
     dd = tl.arange(0, BLOCK_D)
     dv = tl.arange(0, BLOCK_DV)
     kt = tl.load(K + (j * H + h) * D + dd, mask=dd < D, other=0.0).to(tl.float32)
     vt = tl.load(V + (j * H + h) * DV + dv, mask=dv < DV, other=0.0).to(tl.float32)
     dk = tl.zeros([BLOCK_D], tl.float32)
     dvacc = tl.zeros([BLOCK_DV], tl.float32)
-    start = tl.load(START + b)
-    end = tl.load(STOP + b)
     for e0 in range(start, end, BLOCK_N):
         offs = e0 + tl.arange(0, BLOCK_N)
         ev = offs < end

@@ -9,7 +9,15 @@ from graphattn._validate import check_float, check_heads, check_int
 from graphattn.graph import AttentionGraph
 from graphattn.nn.functional import graph_attention
 
-__all__ = ["GraphAttention", "fold_batch", "unfold_batch"]
+__all__ = ["GraphAttention", "fold_batch", "unfold_batch", "reset_projections"]
+
+
+def reset_projections(*linears: nn.Linear) -> None:
+    """Xavier-uniform weights, zero biases: the attention layers' projections."""
+    for lin in linears:
+        nn.init.xavier_uniform_(lin.weight)
+        if lin.bias is not None:
+            nn.init.zeros_(lin.bias)
 
 
 def fold_batch(t: torch.Tensor) -> torch.Tensor:
@@ -76,10 +84,7 @@ class GraphAttention(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for lin in (self.q_proj, self.k_proj, self.v_proj, self.out_proj):
-            nn.init.xavier_uniform_(lin.weight)
-            if lin.bias is not None:
-                nn.init.zeros_(lin.bias)
+        reset_projections(self.q_proj, self.k_proj, self.v_proj, self.out_proj)
         if self.relative_bias is not None:
             nn.init.zeros_(self.relative_bias.weight)
 

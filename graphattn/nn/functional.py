@@ -11,7 +11,7 @@ from graphattn._validate import check_float, check_int
 from graphattn.graph import AttentionGraph
 from graphattn.nn._engine import GraphAttentionFunction, attention_weights
 from graphattn.nn import backends as _backends  # issue 7: backend dispatch
-from graphattn.nn.plan import _build_plan_checked as build_plan, get_plan
+from graphattn.nn.plan import _build_plan, get_plan
 
 __all__ = ["graph_attention"]
 
@@ -115,13 +115,13 @@ def _trust_edge_index(edge_index: torch.Tensor, nq: int, nk: int) -> None:
         _EDGE_INDEX_CACHE[edge_index] = _EdgeIndexEntry(key, None, True)
 
 
-def _plan(src, ei, nq: int, nk: int, **options):
+def _plan(src, ei, nq: int, nk: int, tile, dense_threshold):
     if isinstance(src, AttentionGraph):
-        return get_plan(src, nq, nk, **options)
-    key = tuple(sorted(options.items()))
-    plan = src.plans.get(key)
+        return get_plan(src, nq, nk, tile=tile, dense_threshold=dense_threshold)
+    plan = src.plans.get((tile, dense_threshold))
     if plan is None:
-        plan = src.plans[key] = build_plan(ei, nq, nk, sorted_edges=src.sorted, **options)
+        plan = src.plans[(tile, dense_threshold)] = _build_plan(ei, nq, nk, None, tile, dense_threshold,
+                                                                sorted_edges=src.sorted)
     return plan
 
 
@@ -188,7 +188,7 @@ def graph_attention(
     dropout_p = check_float("dropout_p", dropout_p, minimum=0.0, maximum=1.0)
     if dropout_p == 1.0:
         raise ValueError("expected dropout_p < 1, got 1.0")
-    plan = _plan(plan_src, edge_index, nq, nk, tile=tile, dense_threshold=dense_threshold)
+    plan = _plan(plan_src, edge_index, nq, nk, tile, dense_threshold)
     out_dtype = q.dtype
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     drop_key = int(torch.randint(0, 2**62, (1,))) if dropout_p > 0 else 0

@@ -10,8 +10,8 @@ from torch import nn
 from graphattn._random import seed_key
 from graphattn._validate import check_bool, check_float, check_heads, check_int
 from graphattn.graph import AttentionGraph, EdgeLabel
-from graphattn.nn._routed import (add_lonely_self_loops, check_input, fold_heads, per_head_graphs,
-                                  routed_attention)
+from graphattn.nn._routed import (add_lonely_self_loops, check_input, fold_heads, routed_attention, routed_output)
+from graphattn.nn.attention import reset_projections
 from graphattn.nn.functional import graph_attention
 from graphattn.nn._replay import recorded
 from graphattn.rules.lsh import _chunked_edges, _exact_edges, lsh_buckets
@@ -128,10 +128,7 @@ class LSHAttention(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for lin in (self.qk_proj, self.v_proj, self.out_proj):
-            nn.init.xavier_uniform_(lin.weight)
-            if lin.bias is not None:
-                nn.init.zeros_(lin.bias)
+        reset_projections(self.qk_proj, self.v_proj, self.out_proj)
 
     def _seeds(self) -> list[int]:
         if self.training and not self.fixed_rotations:
@@ -240,13 +237,7 @@ class LSHAttention(nn.Module):
             key, query, order = self._graph_edges(buckets)
             out = routed_attention(q, k, v, key, query, q_order=order, k_order=order, scale=1.0,
                                    dropout_p=dropout_p, unique=True)
-        out = self.out_proj(out.reshape(B, N, H * D))
-        if not batched:
-            out = out[0]
-        if not return_graph:
-            return out
-        graphs = per_head_graphs(key, query, B, H, N, EdgeLabel.BUCKET)
-        return out, (graphs if batched else graphs[0])
+        return routed_output(self.out_proj, out, key, query, batched, return_graph, EdgeLabel.BUCKET)
 
     def extra_repr(self) -> str:
         return (f"{self.embed_dim}, num_heads={self.num_heads}, num_buckets={self.num_buckets}, "

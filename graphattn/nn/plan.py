@@ -156,24 +156,15 @@ def build_plan(
     densely (a dense tile costs ``tile**2`` score cells, a sparse edge about 4-8 cells' worth of
     sparse-kernel work, hence a default of 1/4).
     """
-    return _build_plan_checked(edge_index, num_queries, num_keys, head_mask=head_mask, tile=tile,
-                               dense_threshold=dense_threshold, sorted_edges=None)
+    return _build_plan(edge_index, num_queries, num_keys, head_mask, tile, dense_threshold, sorted_edges=None)
 
 
-def _build_plan_checked(edge_index, num_queries: int, num_keys: int, *, head_mask=None, tile: int = 64,
-                        dense_threshold: float = 0.25, sorted_edges: bool | None) -> TilingPlan:
-    # sorted_edges: whether the edges are sorted by (query, key), when the caller knows (else
-    # None: checked here)
+def _build_plan(edge_index, num_queries: int, num_keys: int, head_mask, tile, dense_threshold, *,
+                sorted_edges: bool | None) -> TilingPlan:
+    """build_plan; ``sorted_edges``: whether the edges are sorted by (query, key) when the caller
+    knows (an AttentionGraph's are), None to check."""
     tile = check_int("tile", tile, minimum=1)
     dense_threshold = check_float("dense_threshold", dense_threshold, minimum=0.0, maximum=1.0)
-    return _build_plan(edge_index, num_queries, num_keys, head_mask, tile, dense_threshold,
-                       sorted_edges=sorted_edges)
-
-
-def _build_plan(edge_index, num_queries: int, num_keys: int, head_mask, tile: int, dense_threshold: float, *,
-                sorted_edges: bool | None) -> TilingPlan:
-    """build_plan after validation; ``sorted_edges``: whether the edges are sorted by (query,
-    key) when the caller knows (an AttentionGraph's are), None to check."""
     device = edge_index.device
     key, query = edge_index[0], edge_index[1]
     E = key.numel()
@@ -294,9 +285,7 @@ def get_plan(graph, num_queries: int, num_keys: int, *, tile: int = 64, dense_th
 
     if not isinstance(graph, AttentionGraph):
         return build_plan(graph, num_queries, num_keys, tile=tile, dense_threshold=dense_threshold)
-    tile = check_int("tile", tile, minimum=1)
-    dense_threshold = check_float("dense_threshold", dense_threshold, minimum=0.0, maximum=1.0)
-    cache_key = ("plan", num_queries, num_keys, (("dense_threshold", dense_threshold), ("tile", tile)))
+    cache_key = ("plan", num_queries, num_keys, tile, dense_threshold)
     plan = graph._cache.get(cache_key)
     if plan is None:  # an AttentionGraph's edges are sorted by (query, key)
         plan = _build_plan(graph.edge_index, num_queries, num_keys, graph.head_mask, tile, dense_threshold,

@@ -102,31 +102,26 @@ class _ReversibleFunction(torch.autograd.Function):
                     n = index[id(p)]
                     pgrads[n] = gr if pgrads[n] is None else pgrads[n] + gr
 
+        def undo(fn, state, inp, out, d_out, kwargs):
+            """Invert ``out = other + fn(inp)``: recompute ``fn(inp)`` (replaying its randomness),
+            back-propagate ``d_out`` through it; returns ``other`` and the gradient to ``inp``."""
+            params = [p for p in fn.parameters() if p.requires_grad]
+            with torch.enable_grad(), state.replay(fn, inp):
+                inp_ = inp.detach().requires_grad_(True)
+                h = fn(inp_, **kwargs)
+                grads = _grads(h, [inp_, *params], d_out)
+            accumulate(params, grads[1:])
+            with torch.no_grad():
+                other = out - h
+            return other, grads[0]
+
         dy1 = torch.zeros_like(y1) if dy1 is None else dy1
         dy2 = torch.zeros_like(y2) if dy2 is None else dy2
         for (f, g), (sf, sg) in zip(reversed(ctx.seq.pairs()), reversed(ctx.states)):
-            # y2 = x2 + g(y1): recompute g(y1), then x2 = y2 - g(y1).
-            g_params = [p for p in g.parameters() if p.requires_grad]
-            with torch.enable_grad(), sg.replay(g, y1):
-                y1_ = y1.detach().requires_grad_(True)
-                gy = g(y1_, **ctx.kwargs[1])
-                grads = _grads(gy, [y1_, *g_params], dy2)
-            dy1 = dy1 + grads[0] if grads[0] is not None else dy1
-            accumulate(g_params, grads[1:])
-            with torch.no_grad():
-                x2 = y2 - gy
-            del gy
-            # y1 = x1 + f(x2): recompute f(x2), then x1 = y1 - f(x2).
-            f_params = [p for p in f.parameters() if p.requires_grad]
-            with torch.enable_grad(), sf.replay(f, x2):
-                x2_ = x2.detach().requires_grad_(True)
-                fx = f(x2_, **ctx.kwargs[0])
-                grads = _grads(fx, [x2_, *f_params], dy1)
-            dx2 = dy2 + grads[0] if grads[0] is not None else dy2
-            accumulate(f_params, grads[1:])
-            with torch.no_grad():
-                x1 = y1 - fx
-            del fx
+            x2, d = undo(g, sg, y1, y2, dy2, ctx.kwargs[1])  # y2 = x2 + g(y1)
+            dy1 = dy1 + d if d is not None else dy1
+            x1, d = undo(f, sf, x2, y1, dy1, ctx.kwargs[0])  # y1 = x1 + f(x2)
+            dx2 = dy2 + d if d is not None else dy2
             y1, y2, dy2 = x1, x2, dx2  # dx1 = dy1
         return (dy1, dy2, None, None, None, *pgrads)
 

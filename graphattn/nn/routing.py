@@ -9,8 +9,9 @@ from torch import nn
 
 from graphattn._validate import check_bool, check_float, check_heads, check_int
 from graphattn.graph import EdgeLabel
-from graphattn.nn._routed import (add_lonely_self_loops, check_input, per_head_graphs, routed_attention,
-                                  slot_offsets)
+from graphattn.nn._routed import (add_lonely_self_loops, check_input, routed_attention,
+                                  routed_output, slot_offsets)
+from graphattn.nn.attention import reset_projections
 from graphattn.nn._replay import recorded
 from graphattn.nn.lsh import _check_seed, head_seeds
 from graphattn.rules.kmeans import spherical_kmeans
@@ -136,10 +137,7 @@ class RoutingAttention(nn.Module):
 
     def reset_parameters(self) -> None:
         """Re-initialise the projections and forget the centroids (the next batch re-seeds them)."""
-        for lin in (self.q_proj, self.k_proj, self.v_proj, self.out_proj):
-            nn.init.xavier_uniform_(lin.weight)
-            if lin.bias is not None:
-                nn.init.zeros_(lin.bias)
+        reset_projections(self.q_proj, self.k_proj, self.v_proj, self.out_proj)
         self.centroids.zero_()
         self.initialized.fill_(False)
 
@@ -234,13 +232,7 @@ class RoutingAttention(nn.Module):
                                                 k_assign.permute(2, 0, 1).reshape(H, B * N)], dim=1))
         else:
             self.last_commitment_loss = None
-        out = self.out_proj(out.reshape(B, N, H * D))
-        if not batched:
-            out = out[0]
-        if not return_graph:
-            return out
-        graphs = per_head_graphs(key, query, B, H, N, EdgeLabel.CLUSTER)
-        return out, (graphs if batched else graphs[0])
+        return routed_output(self.out_proj, out, key, query, batched, return_graph, EdgeLabel.CLUSTER)
 
     def extra_repr(self) -> str:
         return (f"{self.embed_dim}, num_heads={self.num_heads}, num_clusters={self.num_clusters}, "

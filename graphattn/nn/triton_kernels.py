@@ -302,7 +302,7 @@ def _finish(m, l, acc, dtype):
 # Launchers.
 
 
-def _dense_config(block_t: int, dtype: torch.dtype):
+def _dense_config(dtype: torch.dtype):
     """``(keys_first, dkdv_passes)`` of the dense dK/dV kernel.
 
     fp32 runs IEEE matmuls on the FMA units, whose operands are replicated across threads:
@@ -381,7 +381,7 @@ class _Call:
         self.consts = dict(BLOCK_D=max(16, triton_next_pow2(self.D)), BLOCK_DV=max(16, triton_next_pow2(self.DV)))
         self.prec = "ieee" if q.dtype == torch.float32 else None  # never TF32 for fp32 inputs
         self.emu = interp and q.dtype == torch.bfloat16
-        self.keys_first, self.dkdv_passes = _dense_config(tabs.block_t, q.dtype)
+        self.keys_first, self.dkdv_passes = _dense_config(q.dtype)
         block_d = max(self.consts["BLOCK_D"], self.consts["BLOCK_DV"])
         self.launch = {name: ((1, 1) if interp else _dense_launch(name, tabs.block_t, block_d, q.dtype, self.has_bias))
                        for name in ("fwd", "dq", "dkdv")}

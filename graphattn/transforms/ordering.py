@@ -22,27 +22,15 @@ from __future__ import annotations
 
 import torch
 
-from graphattn._validate import check_int
+from graphattn._validate import check_edge_index, check_int
 
 __all__ = ["bfs_order", "rcm_order", "spectral_order", "connected_components"]
 
 
 # ---------------------------------------------------------------------------- graph helpers
 def _check_edges(edge_index, num_nodes) -> tuple[torch.Tensor, int]:
-    num_nodes = check_int("num_nodes", num_nodes, minimum=0)
-    if not isinstance(edge_index, torch.Tensor):
-        raise TypeError(f"expected edge_index to be a torch.Tensor, got {type(edge_index).__name__}")
-    if edge_index.dtype.is_floating_point or edge_index.dtype.is_complex or edge_index.dtype == torch.bool:
-        raise TypeError(f"expected edge_index to hold integers, got dtype {edge_index.dtype}")
-    if edge_index.dim() != 2 or edge_index.shape[0] != 2:
-        raise ValueError(f"expected edge_index of shape [2, E], got {list(edge_index.shape)}")
-    edge_index = edge_index.detach().to("cpu", torch.int64)
-    if edge_index.numel():
-        lo, hi = int(edge_index.min()), int(edge_index.max())
-        if lo < 0 or hi >= num_nodes:
-            raise ValueError(f"expected edge_index entries in [0, num_nodes={num_nodes}), "
-                             f"got {lo if lo < 0 else hi}")
-    return edge_index, num_nodes
+    edge_index, num_nodes = check_edge_index(edge_index, num_nodes)
+    return edge_index.detach().cpu(), num_nodes
 
 
 def _undirected_csr(edge_index: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -201,10 +201,10 @@ def test_edge_index_plan_is_cached_while_the_tensor_lives_unchanged():
     q, k, v = inputs(90, 90)
     out1 = graph_attention(q, k, v, ei, tile=16)
     entry = functional._EDGE_INDEX_CACHE[ei]
-    plan = entry.plans[(("dense_threshold", 0.25), ("tile", 16))]
+    plan = entry.plans[(16, 0.25)]
     out2 = graph_attention(q, k, v, ei, tile=16)
     assert functional._EDGE_INDEX_CACHE[ei] is entry and len(entry.plans) == 1
-    assert entry.plans[(("dense_threshold", 0.25), ("tile", 16))] is plan
+    assert entry.plans[(16, 0.25)] is plan
     torch.testing.assert_close(out1, out2, rtol=0, atol=0)
     graph_attention(q, k, v, ei, tile=8)  # other options: a second plan
     assert len(entry.plans) == 2

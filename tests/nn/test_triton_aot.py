@@ -51,7 +51,7 @@ def test_bf16_benchmark_configuration_compiles_without_spills():
         assert b.fits and b.spill_bytes == 0, b
         assert b.constants["dtype"] == "bfloat16"
         assert b.tensor_core == ("wgmma" if b.kernel.startswith("_dense") else "none"), b
-        assert b.registers > 0 and b.seconds >= 0
+        assert b.registers > 0
 
 
 def test_fp32_never_uses_tensor_cores_and_does_not_spill_in_the_dense_kernels():
