@@ -6,15 +6,6 @@ import torch
 from graphattn.examples import karate
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # 35 nodes: op overhead dominates, and a second thread only adds contention on shared cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_karate_trains():
     state = torch.random.get_rng_state()
     runs = [karate.train(seed=s) for s in range(3)]

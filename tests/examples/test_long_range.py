@@ -1,19 +1,9 @@
 """The long-range example: attention edges (expander + virtual node) solve what local message
 passing of the same depth cannot reach."""
 
-import pytest
 import torch
 
 from graphattn.examples import long_range
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    # small graphs: op overhead dominates, and a second thread only adds contention on shared cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_make_graphs():

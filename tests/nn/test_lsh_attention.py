@@ -1,25 +1,9 @@
 import pytest
 import torch
-from reference import dense_attention
+from reference import dense_attention, head_graph, influence_matrix
 
 from graphattn import AttentionGraph, EdgeLabel, rules
 from graphattn.nn import LSHAttention
-
-
-def influence_matrix(layer, x):
-    """[i, j]: size of the gradient of a random projection of output i with respect to input j."""
-    x = x.clone().requires_grad_()
-    out = layer(x)
-    w = torch.randn_like(out)
-    rows = [torch.autograd.grad((out[i] * w[i]).sum(), x, retain_graph=True)[0].abs().sum(1)
-            for i in range(out.shape[0])]
-    return torch.stack(rows)
-
-
-def head_graph(g: AttentionGraph, h: int) -> AttentionGraph:
-    """Head ``h``'s graph of a per-head layout (edges, labels)."""
-    sel = g.head_mask[:, h]
-    return AttentionGraph.from_edge_index(g.edge_index[:, sel], g.num_nodes, edge_label=g.edge_label[sel])
 
 
 def dense_reference(layer: LSHAttention, x: torch.Tensor, graph: AttentionGraph) -> torch.Tensor:
