@@ -7,12 +7,14 @@ with ``assert``.
 
 from __future__ import annotations
 
+import functools
 import numbers
+import warnings
 from typing import Sequence
 
 import torch
 
-__all__ = ["check_int", "check_float", "check_bool", "check_query_range", "check_index_list", "check_heads", "check_edge_index"]
+__all__ = ["renamed_parameters", "check_int", "check_float", "check_bool", "check_query_range", "check_index_list", "check_heads", "check_edge_index"]
 
 
 def check_int(name: str, value, *, minimum: int | None = None, maximum: int | None = None) -> int:
@@ -115,3 +117,36 @@ def check_edge_index(edge_index, num_nodes) -> tuple[torch.Tensor, int]:
         if lo < 0 or hi >= num_nodes:
             raise ValueError(f"expected edge_index entries in [0, num_nodes={num_nodes}), got {lo if lo < 0 else hi}")
     return edge_index, num_nodes
+
+
+_WARNED_RENAMES: set[tuple[str, str]] = set()
+
+
+def renamed_parameters(**renames: str):
+    """Accept the former keyword names of renamed parameters, warning once per name.
+
+    ``@renamed_parameters(block="block_size")`` lets ``f(block=8)`` call ``f(block_size=8)``
+    with a ``FutureWarning`` (once per function and name); passing both names is a
+    ``TypeError``. The wrapped function keeps its signature (``inspect.signature`` follows
+    ``__wrapped__``), so help and the CLI show only the current names.
+    """
+
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            for old, new in renames.items():
+                if old in kwargs:
+                    if new in kwargs:
+                        raise TypeError(f"{fn.__qualname__}() got both {old!r} and its new name {new!r}")
+                    if (fn.__qualname__, old) not in _WARNED_RENAMES:
+                        _WARNED_RENAMES.add((fn.__qualname__, old))
+                        warnings.warn(f"{fn.__qualname__}(): the parameter {old!r} is now called {new!r}; "
+                                      f"the old name will be removed in graphattn 0.2",
+                                      FutureWarning, stacklevel=2)
+                    kwargs[new] = kwargs.pop(old)
+            return fn(*args, **kwargs)
+
+        wrapper.renamed_parameters = dict(renames)
+        return wrapper
+
+    return decorate

@@ -44,7 +44,7 @@ class Progress:
 def _rules():
     from graphattn import rules
 
-    return {name: getattr(rules, name) for name in rules.__all__}
+    return {name: getattr(rules, name) for name in rules.RULES}
 
 
 def _parse_value(text: str):

@@ -11,7 +11,7 @@ from typing import Sequence
 
 import torch
 
-from graphattn._validate import check_int, check_query_range
+from graphattn._validate import check_int, check_query_range, renamed_parameters
 from graphattn.graph import AttentionGraph
 
 __all__ = ["union", "intersection", "difference", "lift_blocks", "batch", "stack_heads", "schedule"]
@@ -142,33 +142,34 @@ def _exclusive_cumsum(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+@renamed_parameters(block="block_size")
 def lift_blocks(
     block_graph: AttentionGraph,
     *,
-    block: int,
+    block_size: int,
     num_tokens: int,
     queries: range | None = None,
 ) -> AttentionGraph:
     """Lift a graph over blocks to tokens: every token of query block ``I`` attends every token
     of key block ``J`` for each block edge ``(J, I)``.
 
-    Tokens ``[I*block, min((I+1)*block, num_tokens))`` form block ``I``; the last block may be
-    partial. ``block_graph`` must have exactly ``ceil(num_tokens / block)`` token nodes and no
+    Tokens ``[I*block_size, min((I+1)*block_size, num_tokens))`` form block ``I``; the last block
+    may be partial. ``block_graph`` must have exactly ``ceil(num_tokens / block_size)`` token nodes and no
     relative positions. Labels and head masks travel with the block edges. ``queries`` restricts
     the output to a token range (sharding). Work and memory are linear in the output.
 
     >>> from graphattn import rules
-    >>> lift_blocks(rules.band(2, radius=0), block=2, num_tokens=3).to_dense().int().tolist()
+    >>> lift_blocks(rules.band(2, radius=0), block_size=2, num_tokens=3).to_dense().int().tolist()
     [[1, 1, 0], [1, 1, 0], [0, 0, 1]]
     """
     if not isinstance(block_graph, AttentionGraph):
         raise TypeError(f"expected block_graph to be an AttentionGraph, got {type(block_graph).__name__}")
-    block = check_int("block", block, minimum=1)
+    block = check_int("block_size", block_size, minimum=1)
     num_tokens = check_int("num_tokens", num_tokens, minimum=0)
     num_blocks = -(-num_tokens // block)
     if block_graph.num_nodes != num_blocks or block_graph.num_tokens != num_blocks:
         raise ValueError(
-            f"expected block_graph over ceil(num_tokens / block) = {num_blocks} token nodes, "
+            f"expected block_graph over ceil(num_tokens / block_size) = {num_blocks} token nodes, "
             f"got {block_graph.num_nodes} nodes"
         )
     if block_graph.relative is not None:

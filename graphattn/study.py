@@ -85,10 +85,10 @@ def study_patterns(n: int, *, radius: int = 8, seed: int = 0) -> dict:
         f"band r={radius}": rules.band(n, radius=radius),
         f"dilated r={radius // 2} d=2": rules.dilated(n, radius=radius // 2, dilation=2),
         f"longformer r={radius}+[CLS]": rules.longformer(n, radius=radius, global_indices=[0]),
-        f"bigbird b={block // 2}": rules.bigbird(n, block=block // 2, random_blocks=1, seed=seed),
+        f"bigbird b={block // 2}": rules.bigbird(n, block_size=block // 2, num_random_blocks=1, seed=seed),
         "star (token ring)": rules.star_transformer(n),
         "bpt k=2 (token keys)": rules.bp_transformer(n, k=2),
-        f"random r={2 * radius}": rules.random(n, keys_per_query=min(2 * radius, n - 1), seed=seed),
+        f"random r={2 * radius}": rules.random(n, num_random_keys=min(2 * radius, n - 1), seed=seed),
     }
 
 

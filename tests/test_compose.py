@@ -34,14 +34,14 @@ def test_set_algebra_matches_dense_boolean_algebra(ab):
 def test_rule_unions_match_dense(n, r, d, seed):
     a = rules.band(n, radius=r)
     b = rules.dilated(n, radius=r, dilation=d)
-    c = rules.random(n, keys_per_query=min(2, n - 1), seed=seed)
+    c = rules.random(n, num_random_keys=min(2, n - 1), seed=seed)
     u = compose.union(a, b, c)
     assert torch.equal(u.to_dense(), a.to_dense() | b.to_dense() | c.to_dense())
     assert torch.equal((u - a).to_dense(), u.to_dense() & ~a.to_dense())
 
 
 def test_union_keeps_left_labels():
-    a, b = rules.band(6, radius=1), rules.global_tokens(6, indices=[0])
+    a, b = rules.band(6, radius=1), rules.global_tokens(6, global_indices=[0])
     u = a | b
     lab = {tuple(e): int(l) for e, l in zip(u.edge_index.t().tolist(), u.edge_label.tolist())}
     assert lab[(1, 0)] == EdgeLabel.BAND  # in both: left wins
@@ -55,15 +55,15 @@ def test_operands_must_share_nodes():
     with pytest.raises(ValueError, match="same nodes"):
         rules.band(4, radius=1) | rules.band(5, radius=1)
     with pytest.raises(ValueError, match="node types"):
-        rules.global_nodes(3, count=1) | rules.band(4, radius=1)
+        rules.global_nodes(3, num_global=1) | rules.band(4, radius=1)
     with pytest.raises(TypeError, match="AttentionGraph"):
         compose.union(rules.band(3, radius=1), "x")
     with pytest.raises(ValueError, match="relative"):
-        rules.etc(4, num_global=1, radius=1) | rules.global_nodes(4, count=1)
+        rules.etc(4, num_global=1, radius=1) | rules.global_nodes(4, num_global=1)
 
 
 def test_add_nodes_aligns_graphs():
-    g = rules.band(4, radius=1).add_nodes(2, node_type=NodeType.GLOBAL) | rules.global_nodes(4, count=2)
+    g = rules.band(4, radius=1).add_nodes(2, node_type=NodeType.GLOBAL) | rules.global_nodes(4, num_global=2)
     assert g.num_nodes == 6 and g.num_tokens == 4
 
 
@@ -71,7 +71,7 @@ def test_add_nodes_aligns_graphs():
 def test_lift_blocks_matches_kronecker_oracle(n, block):
     nb = -(-n // block)
     bg = rules.erdos_renyi(nb, p=0.5, seed=n) if nb else rules.full(0)
-    lifted = compose.lift_blocks(bg, block=block, num_tokens=n)
+    lifted = compose.lift_blocks(bg, block_size=block, num_tokens=n)
     ref = torch.zeros(n, n, dtype=torch.bool)
     dense = bg.to_dense()
     for i in range(n):
@@ -83,26 +83,26 @@ def test_lift_blocks_matches_kronecker_oracle(n, block):
 def test_lift_blocks_many_runs_and_queries():
     # An irregular block graph (many different row lengths) takes the flat-gather path.
     bg = rules.erdos_renyi(150, p=0.1, seed=3)
-    lifted = compose.lift_blocks(bg, block=3, num_tokens=449)
+    lifted = compose.lift_blocks(bg, block_size=3, num_tokens=449)
     ref = bg.to_dense().repeat_interleave(3, 0).repeat_interleave(3, 1)[:449, :449]
     assert torch.equal(lifted.to_dense(), ref)
-    part = compose.lift_blocks(bg, block=3, num_tokens=449, queries=range(10, 200))
+    part = compose.lift_blocks(bg, block_size=3, num_tokens=449, queries=range(10, 200))
     assert part.equals(lifted.query_slice(10, 200))
 
 
 def test_lift_blocks_carries_labels_and_heads():
     bg = compose.stack_heads([rules.band(4, radius=0), rules.band(4, radius=1)])
-    lifted = compose.lift_blocks(bg, block=2, num_tokens=7)
-    per_head = [compose.lift_blocks(rules.band(4, radius=r), block=2, num_tokens=7) for r in (0, 1)]
+    lifted = compose.lift_blocks(bg, block_size=2, num_tokens=7)
+    per_head = [compose.lift_blocks(rules.band(4, radius=r), block_size=2, num_tokens=7) for r in (0, 1)]
     for h in range(2):
         sel = lifted._select(lifted.head_mask[:, h])
         assert torch.equal(sel.to_dense(), per_head[h].to_dense())
     with pytest.raises(ValueError, match="ceil"):
-        compose.lift_blocks(rules.band(3, radius=0), block=2, num_tokens=7)
+        compose.lift_blocks(rules.band(3, radius=0), block_size=2, num_tokens=7)
 
 
 def test_batch_offsets_and_no_cross_edges():
-    gs = [rules.band(3, radius=1), rules.star_transformer(4), rules.global_nodes(2, count=1)]
+    gs = [rules.band(3, radius=1), rules.star_transformer(4), rules.global_nodes(2, num_global=1)]
     b, ptr = compose.batch(gs)
     assert ptr.tolist() == [0, 3, 12, 15]
     assert b.num_nodes == 15
@@ -121,7 +121,7 @@ def test_stack_heads_and_head_algebra():
     for h, g in enumerate(gs):
         assert torch.equal(s._select(s.head_mask[:, h]).to_dense(), g.to_dense())
     # union with a head-less graph: its edges serve every head
-    u = s | rules.global_tokens(6, indices=[0])
+    u = s | rules.global_tokens(6, global_indices=[0])
     assert u.head_mask[(u.edge_index[1] == 0)].all()
     # difference per head
     d = s - compose.stack_heads([rules.band(6, radius=0), rules.band(6, radius=0)])

@@ -112,7 +112,7 @@ def test_query_slice_and_ptr():
 
 
 def test_causal_keeps_extra_node_edges():
-    g = rules.global_nodes(5, count=1) | rules.band(5, radius=1).add_nodes(1, node_type=NodeType.GLOBAL)
+    g = rules.global_nodes(5, num_global=1) | rules.band(5, radius=1).add_nodes(1, node_type=NodeType.GLOBAL)
     c = g.causal()
     m = c.to_dense()
     assert not m[:5, :5].triu(1).any()
@@ -120,7 +120,7 @@ def test_causal_keeps_extra_node_edges():
 
 
 def test_self_loop_control():
-    g = rules.random(8, keys_per_query=2, seed=0)
+    g = rules.random(8, num_random_keys=2, seed=0)
     no = g.without_self_loops()
     assert not torch.diagonal(no.to_dense()).any()
     yes = no.with_self_loops()

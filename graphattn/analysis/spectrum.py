@@ -337,7 +337,7 @@ def spectral(g: AttentionGraph, *, dense_limit: int = 1024) -> dict:
     >>> s = spectral(rules.full(6))
     >>> round(s["lambda_2"], 6), round(s["lambda_max"], 6), round(s["epsilon"], 6), round(s["ramanujan_ratio"], 6)
     (6.0, 6.0, 0.0, 0.25)
-    >>> spectral(rules.block_local(8, block=4))["kappa"]
+    >>> spectral(rules.block_local(8, block_size=4))["kappa"]
     inf
     """
     g = check_graph("g", g)

@@ -57,7 +57,7 @@ def summary(g: AttentionGraph) -> dict:
       (``scipy.sparse.csgraph.connected_components``); an empty graph has 0 and is not connected.
 
     >>> from graphattn import rules
-    >>> s = summary(rules.band(6, radius=1) | rules.global_tokens(6, indices=[0]))
+    >>> s = summary(rules.band(6, radius=1) | rules.global_tokens(6, global_indices=[0]))
     >>> s["num_edges"], s["keys_per_query_max"], s["hub_in_degree"], s["hub"], s["is_connected"]
     (24, 6, 6, 0, True)
     """
@@ -272,7 +272,7 @@ def contains_star(g: AttentionGraph) -> bool:
     >>> from graphattn import rules
     >>> contains_star(rules.star_transformer(8)), contains_star(rules.band(8, radius=2))
     (True, False)
-    >>> contains_star(rules.bigbird(256, block=16, seed=0))
+    >>> contains_star(rules.bigbird(256, block_size=16, seed=0))
     True
     """
     g = check_graph("g", g)

@@ -33,9 +33,9 @@ def _graph(pattern: str, n: int):
     if pattern == "band":
         return rules.band(n, radius=RADIUS)
     if pattern == "bigbird":
-        return rules.bigbird(n, block=BLOCK, seed=0)
+        return rules.bigbird(n, block_size=BLOCK, seed=0)
     if pattern == "random":
-        return rules.random(n, keys_per_query=RANDOM_KEYS, seed=0)
+        return rules.random(n, num_random_keys=RANDOM_KEYS, seed=0)
     raise ValueError(f"expected pattern in {PATTERNS}, got {pattern!r}")
 
 

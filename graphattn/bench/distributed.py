@@ -34,7 +34,7 @@ PATTERNS = {
     "bigbird b=64": lambda n: functools.partial(rules.bigbird, n, seed=0),
     "longformer r=128 +2 global": lambda n: functools.partial(rules.longformer, n, radius=128, global_indices=[0, 1]),
     "bp_transformer k=4": lambda n: functools.partial(rules.bp_transformer, n, k=4),
-    "random r=32": lambda n: functools.partial(rules.random, n, keys_per_query=32, seed=0),
+    "random r=32": lambda n: functools.partial(rules.random, n, num_random_keys=32, seed=0),
 }
 
 

@@ -139,15 +139,15 @@ def _exact_cases(n: int):
         return AttentionGraph.from_edge_index(g.edge_index[:, keep], num_nodes=n)
 
     heads4 = compose.stack_heads([rules.band(n, radius=32), rules.band(n, radius=96),
-                                  rules.dilated(n, radius=16, dilation=4), rules.random(n, keys_per_query=16, seed=3)])
+                                  rules.dilated(n, radius=16, dilation=4), rules.random(n, num_random_keys=16, seed=3)])
     return {
         "band r=128": (lambda: rules.band(n, radius=RADIUS), False, True),
-        "bigbird b=64": (lambda: rules.bigbird(n, block=BLOCK, seed=0), False, True),
-        "random 32": (lambda: rules.random(n, keys_per_query=RANDOM_KEYS, seed=0), False, False),
+        "bigbird b=64": (lambda: rules.bigbird(n, block_size=BLOCK, seed=0), False, True),
+        "random 32": (lambda: rules.random(n, num_random_keys=RANDOM_KEYS, seed=0), False, False),
         "bipartite": (bipartite, False, False),
-        "band+random, bias": (lambda: rules.band(n, radius=64) | rules.random(n, keys_per_query=8, seed=1), True, True),
+        "band+random, bias": (lambda: rules.band(n, radius=64) | rules.random(n, num_random_keys=8, seed=1), True, True),
         "keyless rows": (keyless, False, False),
-        "band + 2 global tokens": (lambda: rules.band(n, radius=64) | rules.global_tokens(n, indices=[0, n // 2]),
+        "band + 2 global tokens": (lambda: rules.band(n, radius=64) | rules.global_tokens(n, global_indices=[0, n // 2]),
                                    True, False),
         "per-head (4 layouts)": (lambda: heads4, False, False),
     }

@@ -39,7 +39,7 @@ def cases(n: int = 4096):
     for pattern in ("band", "bigbird", "random"):
         for tile in ((64, 128) if pattern != "random" else (64,)):
             out.append((f"bench {pattern}", _graph(pattern, n), n, n, 8, 64, torch.bfloat16, False, 0.0, tile))
-    mixed = rules.band(n, radius=64) | rules.random(n, keys_per_query=8, seed=1)
+    mixed = rules.band(n, radius=64) | rules.random(n, num_random_keys=8, seed=1)
     out.append(("band+random, dropout, head dim 24", mixed, n, n, 2, 24, torch.float16, True, 0.1, 32))
     return out
 

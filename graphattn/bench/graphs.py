@@ -35,8 +35,8 @@ def cases(scale: float = 1.0):
     return [
         ("band r=16", n20, lambda: rules.band(n20, radius=16), lambda: bare_band(n20, 16)),
         ("dilated r=8 d=4", n20, lambda: rules.dilated(n20, radius=8, dilation=4), None),
-        ("block_local b=64", n20, lambda: rules.block_local(n20, block=64), None),
-        ("random r=32", n16, lambda: rules.random(n16, keys_per_query=32, seed=0), None),
+        ("block_local b=64", n20, lambda: rules.block_local(n20, block_size=64), None),
+        ("random r=32", n16, lambda: rules.random(n16, num_random_keys=32, seed=0), None),
         ("erdos_renyi p=32/n", n16, lambda: rules.erdos_renyi(n16, p=32 / n16, seed=0), None),
         ("random_regular d=8", n16, lambda: rules.random_regular(n16, degree=8, seed=0), None),
         ("star_transformer", n20, lambda: rules.star_transformer(n20), None),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from graphattn._validate import renamed_parameters
+
 from graphattn.distributed.exchange import all_gather_ints, exchange_rows, group_info
 from graphattn.distributed.partition import local_range
 from graphattn.distributed.plan import ShardPlan, shard_plan
@@ -71,9 +73,10 @@ def _check_shards(q, k, v):
         raise TypeError(f"expected q, k, v of one floating-point dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
 
 
+@renamed_parameters(return_weights="return_attention_weights")
 def graph_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, graph, *, group=None,
                     bias: torch.Tensor | None = None, scale: float | None = None,
-                    dropout_p: float = 0.0, return_weights: bool = False):
+                    dropout_p: float = 0.0, return_attention_weights: bool = False):
     r"""Sequence-parallel exact graph attention (a collective: every rank of ``group`` calls it).
 
     Each rank owns the nodes ``local_range(n, rank, world_size)`` of the ``n`` nodes (tokens,
@@ -104,7 +107,7 @@ def graph_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, graph, *,
         bias: ``[E_local, H]`` edge bias of this rank's edges, in the order of
             ``graph.query_slice(start, stop).edge_index``.
         scale, dropout_p: as :func:`graphattn.nn.graph_attention`.
-        return_weights: also return this rank's edge weights ``[E_local, H]`` (same order as bias).
+        return_attention_weights: also return this rank's edge weights ``[E_local, H]`` (same order as bias).
 
     Returns:
         ``[n_local, H, Dv]`` outputs of this rank's queries (and the weights when asked).
@@ -125,7 +128,7 @@ def graph_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, graph, *,
     plan = resolve_plan(graph, q.shape[0], group=group, device=q.device)
     if plan.device != q.device:
         raise ValueError(f"expected the plan on {q.device} like q, got {plan.device} (use plan.to(device))")
-    return _sharded_attention(q, k, v, plan, group, bias, scale, dropout_p, return_weights)
+    return _sharded_attention(q, k, v, plan, group, bias, scale, dropout_p, return_attention_weights)
 
 
 class _AttachedZeros(torch.autograd.Function):
@@ -142,7 +145,7 @@ class _AttachedZeros(torch.autograd.Function):
         return (None, *(torch.zeros(s, dtype=d, device=dev) for s, d, dev in ctx.shapes))
 
 
-def _sharded_attention(q, k, v, plan: ShardPlan, group, bias, scale, dropout_p, return_weights,
+def _sharded_attention(q, k, v, plan: ShardPlan, group, bias, scale, dropout_p, return_attention_weights,
                        batch: int = 1):
     """Exchange once, attend locally. ``batch > 1``: the heads axis holds ``batch`` groups of
     heads (a folded batch); a per-head layout then runs the engine once per group, still over a
@@ -156,7 +159,7 @@ def _sharded_attention(q, k, v, plan: ShardPlan, group, bias, scale, dropout_p, 
         # collectives run on this rank too (other ranks may need its gradients back).
         out = _AttachedZeros.apply((n_local, BH, Dv), q, kv)
         weights = q.new_zeros(0, BH)
-        return (out, weights) if return_weights else out
+        return (out, weights) if return_attention_weights else out
     k_ext, v_ext = kv[..., :D], kv[..., D:]
     # Queries live in the local block of the extended rows; the other rows have no edges as
     # queries, so zero padding there costs no attention work (the plan has no tiles for them).
@@ -169,12 +172,12 @@ def _sharded_attention(q, k, v, plan: ShardPlan, group, bias, scale, dropout_p, 
         hs = slice(b * H, (b + 1) * H)
         res = _local_attention(q_ext[:, hs], k_ext[:, hs], v_ext[:, hs], plan.graph,
                                bias=None if bias is None else bias[:, hs], scale=scale,
-                               dropout_p=dropout_p, return_weights=return_weights)
-        o, w = res if return_weights else (res, None)
+                               dropout_p=dropout_p, return_attention_weights=return_attention_weights)
+        o, w = res if return_attention_weights else (res, None)
         outs.append(o[plan.offset:plan.offset + n_local])
         ws.append(w)
     out = outs[0] if groups == 1 else torch.cat(outs, dim=1)
-    if not return_weights:
+    if not return_attention_weights:
         return out
     return out, (ws[0] if groups == 1 else torch.cat(ws, dim=1))
 
@@ -197,7 +200,7 @@ class GraphAttention(_layer.GraphAttention):
         - **x**: ``[n_local, E]`` or ``[B, n_local, E]``, this rank's rows
         - **graph**: AttentionGraph over ``n`` nodes, a rule callable or a ShardPlan
         - **edge_bias** (optional): ``[E_local, H]``
-        - **output**: like ``x``; with ``return_attention=True`` also the weights ``[E_local, H]``
+        - **output**: like ``x``; with ``return_attention_weights=True`` also the weights ``[E_local, H]``
           (``[B, E_local, H]`` for batched input)
     """
 
@@ -205,8 +208,9 @@ class GraphAttention(_layer.GraphAttention):
         super().__init__(embed_dim, num_heads, **kwargs)
         self.group = group
 
+    @renamed_parameters(return_attention="return_attention_weights")
     def forward(self, x: torch.Tensor, graph, *, group=None, edge_bias: torch.Tensor | None = None,
-                return_attention: bool = False):
+                return_attention_weights: bool = False):
         group = self.group if group is None else group
         if not isinstance(x, torch.Tensor) or x.dim() not in (2, 3):
             raise ValueError(f"expected x of shape [n_local, E] or [B, n_local, E], got "
@@ -225,6 +229,6 @@ class GraphAttention(_layer.GraphAttention):
         # Fold the batch into the heads: one exchange per call whatever the batch size.
         fb = None if bias is None else bias.repeat(1, B)
         res = _sharded_attention(_layer.fold_batch(q), _layer.fold_batch(k), _layer.fold_batch(v), plan, group, fb,
-                                 None, dropout, return_attention, batch=B)
-        out, weights = _layer.unfold_batch(res if return_attention else (res, None), B)
-        return self._output(out, weights, batched, return_attention)
+                                 None, dropout, return_attention_weights, batch=B)
+        out, weights = _layer.unfold_batch(res if return_attention_weights else (res, None), B)
+        return self._output(out, weights, batched, return_attention_weights)

@@ -37,7 +37,7 @@ _RULES = {
     "bigbird": lambda n: functools.partial(rules.bigbird, n, seed=0),
     "longformer": lambda n: functools.partial(rules.longformer, n, radius=64, global_indices=[0]),
     "bp_transformer": lambda n: functools.partial(rules.bp_transformer, n, k=4),
-    "random": lambda n: functools.partial(rules.random, n, keys_per_query=16, seed=0),
+    "random": lambda n: functools.partial(rules.random, n, num_random_keys=16, seed=0),
 }
 
 

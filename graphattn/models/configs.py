@@ -16,7 +16,7 @@ from torch import nn
 
 from graphattn import rules
 from graphattn._random import seed_key
-from graphattn._validate import check_bool, check_int
+from graphattn._validate import check_bool, check_int, renamed_parameters
 from graphattn.models.encoder import GraphRule, SparseEncoder
 from graphattn.nn.attention import GraphAttention
 from graphattn.nn.lsh import LSHAttention
@@ -71,38 +71,43 @@ def longformer_encoder(embed_dim: int, num_heads: int, num_layers: int, *, radiu
     return SparseEncoder(embed_dim, num_heads, graphs=graphs, **encoder_kwargs)
 
 
-def bigbird_encoder(embed_dim: int, num_heads: int, num_layers: int, *, block: int = 64,
-                    window_blocks: int = 3, random_blocks: int = 3, global_blocks: int = 2, seed=None,
-                    **encoder_kwargs) -> SparseEncoder:
+@renamed_parameters(block="block_size", window_blocks="num_window_blocks", random_blocks="num_random_blocks",
+                    global_blocks="num_global_blocks")
+def bigbird_encoder(embed_dim: int, num_heads: int, num_layers: int, *, block_size: int = 64,
+                    num_window_blocks: int = 3, num_random_blocks: int = 3, num_global_blocks: int = 2,
+                    seed=None, **encoder_kwargs) -> SparseEncoder:
     """BigBird-ITC (Zaheer et al., 2020): :func:`rules.bigbird` in every layer, with its own
     random blocks per layer (layer ``l`` uses the seed of :func:`_layer_seeds`).
 
-    >>> enc = bigbird_encoder(8, 2, 2, block=4, seed=0)
+    >>> enc = bigbird_encoder(8, 2, 2, block_size=4, seed=0)
     >>> enc(torch.randn(2, 40, 8)).shape
     torch.Size([2, 40, 8])
     """
     num_layers = check_int("num_layers", num_layers, minimum=1)
-    graphs = [GraphRule(rules.bigbird, block=block, window_blocks=window_blocks, random_blocks=random_blocks,
-                        global_blocks=global_blocks, seed=s) for s in _layer_seeds(seed, num_layers)]
+    graphs = [GraphRule(rules.bigbird, block_size=block_size, num_window_blocks=num_window_blocks,
+                        num_random_blocks=num_random_blocks, num_global_blocks=num_global_blocks, seed=s)
+              for s in _layer_seeds(seed, num_layers)]
     return SparseEncoder(embed_dim, num_heads, graphs=graphs, **encoder_kwargs)
 
 
-def bigbird_etc_encoder(embed_dim: int, num_heads: int, num_layers: int, *, block: int = 64,
-                        window_blocks: int = 3, random_blocks: int = 3, num_global: int = 2, seed=None,
-                        **encoder_kwargs) -> SparseEncoder:
+@renamed_parameters(block="block_size", window_blocks="num_window_blocks", random_blocks="num_random_blocks")
+def bigbird_etc_encoder(embed_dim: int, num_heads: int, num_layers: int, *, block_size: int = 64,
+                        num_window_blocks: int = 3, num_random_blocks: int = 3, num_global: int = 2,
+                        seed=None, **encoder_kwargs) -> SparseEncoder:
     """BigBird-ETC: :func:`rules.bigbird_etc` (window and random blocks, plus ``num_global``
     appended global nodes that attend and are attended by everything). The encoder owns the
     global nodes' learned embeddings, appends them to the input and drops them from the output.
 
-    >>> enc = bigbird_etc_encoder(8, 2, 1, block=4, num_global=2, seed=0)
+    >>> enc = bigbird_etc_encoder(8, 2, 1, block_size=4, num_global=2, seed=0)
     >>> out, glob = enc(torch.randn(40, 8), return_global=True)
     >>> out.shape, glob.shape
     (torch.Size([40, 8]), torch.Size([2, 8]))
     """
     num_layers = check_int("num_layers", num_layers, minimum=1)
     num_global = check_int("num_global", num_global, minimum=0)
-    graphs = [GraphRule(rules.bigbird_etc, block=block, window_blocks=window_blocks, random_blocks=random_blocks,
-                        num_global=num_global, seed=s) for s in _layer_seeds(seed, num_layers)]
+    graphs = [GraphRule(rules.bigbird_etc, block_size=block_size, num_window_blocks=num_window_blocks,
+                        num_random_blocks=num_random_blocks, num_global=num_global, seed=s)
+              for s in _layer_seeds(seed, num_layers)]
     return SparseEncoder(embed_dim, num_heads, graphs=graphs, num_global=num_global, **encoder_kwargs)
 
 
@@ -182,8 +187,9 @@ class MixedAttention(nn.Module):
         - **output**: like ``x``
     """
 
+    @renamed_parameters(window="cluster_size")
     def __init__(self, embed_dim: int, num_heads: int, *, local_heads: int, num_clusters: int,
-                 window: int | None = None, ema_decay: float = 0.999, commitment: float = 1e-4,
+                 cluster_size: int | None = None, ema_decay: float = 0.999, commitment: float = 1e-4,
                  causal: bool = False, seed=None, dropout: float = 0.0):
         super().__init__()
         self.embed_dim = check_int("embed_dim", embed_dim, minimum=1)
@@ -196,7 +202,7 @@ class MixedAttention(nn.Module):
                 raise ValueError(f"expected embed_dim divisible by {name} (each branch projects to the full "
                                  f"width), got {embed_dim} and {h}")
         self.local = GraphAttention(embed_dim, self.local_heads, dropout=dropout) if self.local_heads else None
-        self.routing = RoutingAttention(embed_dim, routing_heads, num_clusters=num_clusters, window=window,
+        self.routing = RoutingAttention(embed_dim, routing_heads, num_clusters=num_clusters, cluster_size=cluster_size,
                                         ema_decay=ema_decay, commitment=commitment, causal=causal, seed=seed,
                                         dropout=dropout) if routing_heads else None
 
@@ -217,8 +223,9 @@ class MixedAttention(nn.Module):
         return out
 
 
+@renamed_parameters(window="cluster_size")
 def routing_encoder(embed_dim: int, num_heads: int, num_layers: int, *, num_clusters: int, radius: int,
-                    local_heads: int | None = None, window: int | None = None, ema_decay: float = 0.999,
+                    local_heads: int | None = None, cluster_size: int | None = None, ema_decay: float = 0.999,
                     commitment: float = 1e-4, causal: bool = False, seed=None, **encoder_kwargs) -> SparseEncoder:
     """Routing Transformer (Roy et al., TACL 2021): every layer's attention is a
     :class:`MixedAttention` of ``local_heads`` (default half the heads) local heads over a band
@@ -235,7 +242,7 @@ def routing_encoder(embed_dim: int, num_heads: int, num_layers: int, *, num_clus
     causal = check_bool("causal", causal)
     dropout = encoder_kwargs.get("dropout", 0.0)
     attentions = [MixedAttention(embed_dim, num_heads, local_heads=local_heads, num_clusters=num_clusters,
-                                 window=window, ema_decay=ema_decay, commitment=commitment, causal=causal,
+                                 cluster_size=cluster_size, ema_decay=ema_decay, commitment=commitment, causal=causal,
                                  seed=s, dropout=dropout) for s in _layer_seeds(seed, num_layers)]
     band = GraphRule(rules.band, radius=check_int("radius", radius, minimum=0), causal=causal)
     return SparseEncoder(embed_dim, num_heads, graphs=band, num_layers=num_layers, attentions=attentions,

@@ -93,7 +93,7 @@ class EncoderDecoder(nn.Module):
         vocab_size, embed_dim, num_heads: sizes.
         num_layers: encoder depth (and decoder depth unless ``decoder_layers`` is given).
         encoder_graph: callable ``n -> AttentionGraph`` (e.g. ``GraphRule(rules.bigbird,
-            block=64, seed=0)``), or a per-layer list of them; see :class:`SparseEncoder`.
+            block_size=64, seed=0)``), or a per-layer list of them; see :class:`SparseEncoder`.
         decoder_layers, ff_dim, dropout: decoder depth, FFN width, dropout.
         max_len: learned positions (source and target each).
         num_global: learned global nodes of the encoder (BigBird-ETC / ETC graphs).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from graphattn._validate import check_float, check_heads, check_int
+from graphattn._validate import check_float, check_heads, check_int, renamed_parameters
 from graphattn.graph import AttentionGraph
 from graphattn.nn.functional import graph_attention
 
@@ -64,7 +64,7 @@ class GraphAttention(nn.Module):
         - **graph**: AttentionGraph over ``N`` nodes, or ``edge_index [2, num_edges]``
         - **x_kv** (optional): ``[Nk, kdim]`` or ``[B, Nk, kdim]``; keys/values come from it
         - **edge_bias** (optional): ``[num_edges, H]``
-        - **output**: like ``x``; with ``return_attention=True`` also the weights
+        - **output**: like ``x``; with ``return_attention_weights=True`` also the weights
           ``[num_edges, H]`` (``[B, num_edges, H]`` for batched input)
     """
 
@@ -103,8 +103,9 @@ class GraphAttention(nn.Module):
             bias = edge_bias if bias is None else bias + edge_bias
         return bias
 
+    @renamed_parameters(return_attention="return_attention_weights")
     def forward(self, x: torch.Tensor, graph, *, x_kv: torch.Tensor | None = None,
-                edge_bias: torch.Tensor | None = None, return_attention: bool = False):
+                edge_bias: torch.Tensor | None = None, return_attention_weights: bool = False):
         if not isinstance(x, torch.Tensor) or x.dim() not in (2, 3):
             raise ValueError(f"expected x of shape [N, E] or [B, N, E], got "
                              f"{list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
@@ -125,26 +126,26 @@ class GraphAttention(nn.Module):
         per_head = isinstance(graph, AttentionGraph) and graph.head_mask is not None
         if B == 1 or per_head:
             results = [graph_attention(q[b], k[b], v[b], graph, bias=bias, dropout_p=dropout,
-                                       return_weights=return_attention) for b in range(B)]
-            outs = [r[0] if return_attention else r for r in results]
+                                       return_attention_weights=return_attention_weights) for b in range(B)]
+            outs = [r[0] if return_attention_weights else r for r in results]
             out = torch.stack(outs)
-            weights = torch.stack([r[1] for r in results]) if return_attention else None
+            weights = torch.stack([r[1] for r in results]) if return_attention_weights else None
         else:
             # One graph shared by the batch: fold the batch into the heads (one plan, one call).
             fb = None if bias is None else bias.repeat(1, B)
             res = graph_attention(fold_batch(q), fold_batch(k), fold_batch(v), graph, bias=fb, dropout_p=dropout,
-                                  return_weights=return_attention)
-            out, weights = unfold_batch(res if return_attention else (res, None), B)
-        return self._output(out, weights, batched, return_attention)
+                                  return_attention_weights=return_attention_weights)
+            out, weights = unfold_batch(res if return_attention_weights else (res, None), B)
+        return self._output(out, weights, batched, return_attention_weights)
 
-    def _output(self, out, weights, batched: bool, return_attention: bool):
+    def _output(self, out, weights, batched: bool, return_attention_weights: bool):
         """Project ``out [B, N, H, D]``; drop the batch dim of unbatched input."""
         B, N = out.shape[:2]
         out = self.out_proj(out.reshape(B, N, self.embed_dim))
         if not batched:
             out = out[0]
             weights = None if weights is None else weights[0]
-        return (out, weights) if return_attention else out
+        return (out, weights) if return_attention_weights else out
 
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}({self.embed_dim}, num_heads={self.num_heads}, "

@@ -7,7 +7,7 @@ import math
 import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
-from graphattn._validate import check_float, check_int
+from graphattn._validate import check_float, check_int, renamed_parameters
 from graphattn.graph import AttentionGraph
 from graphattn.nn._engine import GraphAttentionFunction, attention_weights
 from graphattn.nn import backends as _backends  # issue 7: backend dispatch
@@ -125,6 +125,7 @@ def _plan(src, ei, nq: int, nk: int, tile, dense_threshold):
     return plan
 
 
+@renamed_parameters(return_weights="return_attention_weights")
 def graph_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -135,7 +136,7 @@ def graph_attention(
     bias: torch.Tensor | None = None,
     scale: float | None = None,
     dropout_p: float = 0.0,
-    return_weights: bool = False,
+    return_attention_weights: bool = False,
     tile: int = 64,
     dense_threshold: float = 0.25,
 ):
@@ -163,7 +164,7 @@ def graph_attention(
         scale: score scale, default ``1 / sqrt(D)``.
         dropout_p: dropout on the attention probabilities (``out`` scaled by ``1 / (1 - p)``),
             drawn from torch's default generator once per call and replayed in the backward.
-        return_weights: also return the probabilities ``[E, H]`` (before dropout; detached).
+        return_attention_weights: also return the probabilities ``[E, H]`` (before dropout; detached).
         tile, dense_threshold: tiling-plan options (see :mod:`graphattn.nn.plan`).
 
     Returns:
@@ -203,7 +204,7 @@ def graph_attention(
         ba = None if bias is None else bias.to(acc)
         out, lse = GraphAttentionFunction.apply(qa, ka, va, ba, plan, scale, dropout_p, drop_key)
     out = out.to(out_dtype)
-    if not return_weights:
+    if not return_attention_weights:
         return out
     w = attention_weights(qa.detach(), ka.detach(), None if ba is None else ba.detach(), scale,
                           lse.detach(), edge_index, head_mask)

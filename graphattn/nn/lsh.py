@@ -14,7 +14,7 @@ from graphattn.nn._routed import (add_lonely_self_loops, check_input, fold_heads
 from graphattn.nn.attention import reset_projections
 from graphattn.nn.functional import graph_attention
 from graphattn.nn._replay import recorded
-from graphattn.rules.lsh import _chunked_edges, _exact_edges, lsh_buckets
+from graphattn.rules.hashing import _chunked_edges, _exact_edges, lsh_buckets
 
 __all__ = ["LSHAttention"]
 
@@ -50,7 +50,7 @@ class LSHAttention(nn.Module):
 
     ``N_h(i)`` is query ``i``'s key set in head ``h``'s graph, rebuilt every forward from that
     head's (detached) shared-QK vectors: the graph of :func:`graphattn.rules.lsh` with
-    ``num_buckets``, ``num_hashes`` and ``chunk`` (its hashing :func:`rules.lsh.lsh_buckets` and
+    ``num_buckets``, ``num_hashes`` and ``chunk`` (its hashing :func:`graphattn.rules.hashing.lsh_buckets` and
     its edge builders; ``chunk=None``: exact buckets, ``i`` and ``j`` share a bucket in some
     round; ``chunk=c``: Reformer's sorted chunks, ``i`` attends its chunk and the previous one,
     so at most ``num_hashes * (2c - 1)`` keys). A token never attends itself unless it has no
@@ -137,7 +137,7 @@ class LSHAttention(nn.Module):
 
     def _buckets(self, vectors: torch.Tensor, seeds: list[int]) -> torch.Tensor:
         """Bucket ids ``[B, H, num_hashes, N]`` of the detached shared-QK vectors ``[B, N, H, D]``:
-        :func:`rules.lsh.lsh_buckets` per head, the head's rotations shared by the batch."""
+        :func:`graphattn.rules.hashing.lsh_buckets` per head, the head's rotations shared by the batch."""
         B, N, H, D = vectors.shape
         per_head = [lsh_buckets(vectors[:, :, h].reshape(B * N, D), num_buckets=self.num_buckets,
                                 num_hashes=self.num_hashes, seed=seeds[h]).view(-1, B, N) for h in range(H)]

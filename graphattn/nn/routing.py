@@ -7,14 +7,14 @@ import math
 import torch
 from torch import nn
 
-from graphattn._validate import check_bool, check_float, check_heads, check_int
+from graphattn._validate import check_bool, check_float, check_heads, check_int, renamed_parameters
 from graphattn.graph import EdgeLabel
 from graphattn.nn._routed import (add_lonely_self_loops, check_input, routed_attention,
                                   routed_output, slot_offsets)
 from graphattn.nn.attention import reset_projections
 from graphattn.nn._replay import recorded
 from graphattn.nn.lsh import _check_seed, head_seeds
-from graphattn.rules.kmeans import spherical_kmeans
+from graphattn.rules.clustering import spherical_kmeans
 
 __all__ = ["RoutingAttention"]
 
@@ -25,7 +25,7 @@ def _unit(t: torch.Tensor) -> torch.Tensor:
     return nn.functional.normalize(t, dim=-1, eps=_EPS)
 
 
-def _top_window(sim: torch.Tensor, w: int) -> torch.Tensor:
+def _top_members(sim: torch.Tensor, w: int) -> torch.Tensor:
     """Per row of ``sim`` ``[..., N]``, the positions of its ``w`` largest values, ties to the
     lower position (the set a stable descending sort would put first), as ``[..., w]`` in
     increasing position order. A selection (``topk`` for the threshold, then the lowest-position
@@ -47,8 +47,8 @@ class RoutingAttention(nn.Module):
 
     Each head ``h`` keeps ``num_clusters`` unit centroids ``\mu_{h,c}`` (buffer ``centroids``
     ``[H, C, D]``). Queries ``q = W_q^h x`` and keys ``k = W_k^h x`` are routed by their unit
-    directions ``\hat q, \hat k``. Balanced routing: cluster ``c`` keeps the ``window`` queries
-    ``Q_c`` and the ``window`` keys ``K_c`` of largest cosine similarity to ``\mu_{h,c}`` (ties:
+    directions ``\hat q, \hat k``. Balanced routing: cluster ``c`` keeps the ``cluster_size`` queries
+    ``Q_c`` and the ``cluster_size`` keys ``K_c`` of largest cosine similarity to ``\mu_{h,c}`` (ties:
     lower position), whatever their nearest centroid. Query ``i`` attends the keys of every
     cluster whose query set holds it,
 
@@ -58,13 +58,13 @@ class RoutingAttention(nn.Module):
         \mathcal{N}_h(i) = \bigcup_{c:\, i \in Q_c} K_c ,
 
     and a token in no ``Q_c`` attends itself, so no row is empty (never a zero or NaN row).
-    ``window`` defaults to ``ceil(N / num_clusters)`` and is capped at ``N``. ``causal=True``
+    ``cluster_size`` defaults to ``ceil(N / num_clusters)`` and is capped at ``N``. ``causal=True``
     keeps keys ``j <= i`` and gives a query left without keys its self-loop. As in the paper,
-    which earlier keys a query sees can depend on later tokens through the top-``window``
+    which earlier keys a query sees can depend on later tokens through the top-``cluster_size``
     selection; the gradient path of every output only reaches keys ``j <= i``.
 
     Centroids. Before any centroid exists, the first batch seen (training or evaluation) seeds
-    them: per head, spherical k-means with k-means++ seeding (:func:`rules.kmeans.spherical_kmeans`,
+    them: per head, spherical k-means with k-means++ seeding (:func:`graphattn.rules.clustering.spherical_kmeans`,
     ``init_iters`` Lloyd steps) over that batch's unit queries and keys; ``seed`` (int,
     ``torch.Generator`` or None for torch's default generator) is its only randomness. The buffer
     ``initialized`` records this, so evaluation before training works. In training, after routing,
@@ -83,14 +83,14 @@ class RoutingAttention(nn.Module):
 
     Computation: the ``B * H`` routing graphs run in one exact engine call, queries laid out by
     their nearest centroid and keys by theirs, so a cluster's edges fill dense tiles. Edges:
-    ``C * window**2`` candidate pairs per head (about ``N**2 / C`` at the default window).
+    ``C * cluster_size**2`` candidate pairs per head (about ``N**2 / C`` at the default cluster size).
 
     Args:
         embed_dim: model width ``E`` (= ``num_heads * head_dim``).
         num_heads: attention heads ``H``.
         num_clusters: centroids per head ``C`` (the first batch must hold at least ``C`` queries
             and keys per head in all, ``2 * B * N >= C``).
-        window: queries and keys kept per cluster (default ``ceil(N / C)``).
+        cluster_size: queries and keys kept per cluster (default ``ceil(N / C)``).
         ema_decay: ``\lambda`` in ``[0, 1]``.
         commitment: weight of the commitment loss (>= 0).
         causal: keep only keys at or before the query.
@@ -111,13 +111,14 @@ class RoutingAttention(nn.Module):
     (torch.Size([12, 16]), True, True)
     """
 
-    def __init__(self, embed_dim: int, num_heads: int, *, num_clusters: int, window: int | None = None,
+    @renamed_parameters(window="cluster_size")
+    def __init__(self, embed_dim: int, num_heads: int, *, num_clusters: int, cluster_size: int | None = None,
                  ema_decay: float = 0.999, commitment: float = 1e-4, causal: bool = False, seed=None,
                  init_iters: int = 10, dropout: float = 0.0, bias: bool = True):
         super().__init__()
         self.embed_dim, self.num_heads, self.head_dim = check_heads(embed_dim, num_heads)
         self.num_clusters = check_int("num_clusters", num_clusters, minimum=1)
-        self.window = None if window is None else check_int("window", window, minimum=1)
+        self.cluster_size = None if cluster_size is None else check_int("cluster_size", cluster_size, minimum=1)
         self.ema_decay = check_float("ema_decay", ema_decay, minimum=0.0, maximum=1.0)
         self.commitment = check_float("commitment", commitment, minimum=0.0)
         self.causal = check_bool("causal", causal)
@@ -176,10 +177,10 @@ class RoutingAttention(nn.Module):
         similar queries / keys, ties to the lower position) and the nearest centroids
         ``q_assign``, ``k_assign`` ``[B, H, N]``."""
         N = qn.shape[1]
-        w = min(self.window if self.window is not None else -(-N // self.num_clusters), N)
+        w = min(self.cluster_size if self.cluster_size is not None else -(-N // self.num_clusters), N)
         sim_q = torch.einsum("bnhd,hcd->bhcn", qn, cent)  # [B, H, C, N]
         sim_k = torch.einsum("bnhd,hcd->bhcn", kn, cent)
-        return _top_window(sim_q, w), _top_window(sim_k, w), sim_q.argmax(2), sim_k.argmax(2)
+        return _top_members(sim_q, w), _top_members(sim_k, w), sim_q.argmax(2), sim_k.argmax(2)
 
     def _graph_edges(self, q_sets, k_sets, q_assign, k_assign, N: int):
         """Slot edges of every (sample, head) routing graph (pairs may repeat across clusters)
@@ -236,5 +237,5 @@ class RoutingAttention(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"{self.embed_dim}, num_heads={self.num_heads}, num_clusters={self.num_clusters}, "
-                f"window={self.window}, ema_decay={self.ema_decay}, commitment={self.commitment}, "
+                f"cluster_size={self.cluster_size}, ema_decay={self.ema_decay}, commitment={self.commitment}, "
                 f"causal={self.causal}, dropout={self.dropout}")

@@ -4,25 +4,26 @@ from __future__ import annotations
 
 import torch
 
-from graphattn._validate import check_index_list, check_int, check_query_range
+from graphattn._validate import check_index_list, check_int, check_query_range, renamed_parameters
 from graphattn.graph import AttentionGraph, EdgeLabel, NodeType
 from graphattn.rules._build import coalesce, token_types
 
 __all__ = ["global_tokens", "global_nodes"]
 
 
-def global_tokens(n: int, *, indices, queries: range | None = None) -> AttentionGraph:
+@renamed_parameters(indices="global_indices")
+def global_tokens(n: int, *, global_indices, queries: range | None = None) -> AttentionGraph:
     """Internal transformer construction (ITC; Longformer, BigBird): the chosen tokens attend
     every token and are attended by every token; every token keeps its self-loop.
 
-    Edge set: ``i`` attends ``j`` iff ``i`` or ``j`` is in ``indices``, or ``i == j``.
-    Keys per query: ``n`` for a global row, ``g + 1`` elsewhere (``g = len(indices)``).
+    Edge set: ``i`` attends ``j`` iff ``i`` or ``j`` is in ``global_indices``, or ``i == j``.
+    Keys per query: ``n`` for a global row, ``g + 1`` elsewhere (``g = len(global_indices)``).
 
-    >>> global_tokens(4, indices=[0]).keys_per_query().tolist()
+    >>> global_tokens(4, global_indices=[0]).keys_per_query().tolist()
     [4, 2, 2, 2]
     """
     n = check_int("n", n, minimum=0)
-    glob = check_index_list("indices", indices, size=n)
+    glob = check_index_list("global_indices", global_indices, size=n)
     start, stop = check_query_range(queries, n)
     rows = torch.arange(start, stop)
     is_glob = torch.zeros(n, dtype=torch.bool)
@@ -38,19 +39,20 @@ def global_tokens(n: int, *, indices, queries: range | None = None) -> Attention
     return coalesce(key, query, n, label=EdgeLabel.GLOBAL)
 
 
-def global_nodes(n: int, *, count: int, queries: range | None = None) -> AttentionGraph:
-    """Extended transformer construction (ETC; Ainslie et al., 2020; BigBird-ETC): ``count`` new
-    global nodes ``n .. n+count-1`` (type GLOBAL) attend every node and are attended by every
+@renamed_parameters(count="num_global")
+def global_nodes(n: int, *, num_global: int, queries: range | None = None) -> AttentionGraph:
+    """Extended transformer construction (ETC; Ainslie et al., 2020; BigBird-ETC): ``num_global``
+    new global nodes ``n .. n+num_global-1`` (type GLOBAL) attend every node and are attended by every
     token; every token keeps its self-loop.
 
-    Keys per query: ``count + 1`` for a token, ``n + count`` for a global node.
+    Keys per query: ``num_global + 1`` for a token, ``n + num_global`` for a global node.
 
-    >>> g = global_nodes(3, count=1)
+    >>> g = global_nodes(3, num_global=1)
     >>> g.num_nodes, g.keys_per_query().tolist()
     (4, [2, 2, 2, 4])
     """
     n = check_int("n", n, minimum=0)
-    count = check_int("count", count, minimum=0)
+    count = check_int("num_global", num_global, minimum=0)
     total = n + count
     start, stop = check_query_range(queries, total)
     tok = torch.arange(min(start, n), min(stop, n))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from graphattn._validate import check_bool, check_int, check_query_range
+from graphattn._validate import check_bool, check_int, check_query_range, renamed_parameters
 from graphattn.compose import lift_blocks
 from graphattn.graph import AttentionGraph, EdgeLabel
 from graphattn.rules._build import token_types, window_rows
@@ -70,19 +70,21 @@ def dilated(n: int, *, radius: int, dilation: int, causal: bool = False,
     return _window(n, offsets, EdgeLabel.BAND if dilation == 1 else EdgeLabel.DILATED, queries)
 
 
-def block_local(n: int, *, block: int, queries: range | None = None) -> AttentionGraph:
+@renamed_parameters(block="block_size")
+def block_local(n: int, *, block_size: int, queries: range | None = None) -> AttentionGraph:
     """Block-local attention (Parmar et al., 2018; Qiu et al., 2019): tokens are cut into
-    non-overlapping blocks of ``block``; query ``i`` attends key ``j`` iff ``i // block == j // block``.
+    non-overlapping blocks of ``block_size``; query ``i`` attends key ``j`` iff
+    ``i // block_size == j // block_size``.
 
-    Keys per query: ``block`` (the last block may be shorter). A block graph (each block attends
+    Keys per query: ``block_size`` (the last block may be shorter). A block graph (each block attends
     itself) lifted to tokens with :func:`graphattn.compose.lift_blocks`.
 
-    >>> block_local(5, block=2).keys_per_query().tolist()
+    >>> block_local(5, block_size=2).keys_per_query().tolist()
     [2, 2, 2, 2, 1]
     """
     n = check_int("n", n, minimum=0)
-    block = check_int("block", block, minimum=1)
-    blocks = -(-n // block)
+    block_size = check_int("block_size", block_size, minimum=1)
+    blocks = -(-n // block_size)
     diag = torch.arange(blocks)
     block_graph = AttentionGraph._trusted(torch.stack([diag, diag]), blocks, token_types(blocks), EdgeLabel.BLOCK)
-    return lift_blocks(block_graph, block=block, num_tokens=n, queries=queries)
+    return lift_blocks(block_graph, block_size=block_size, num_tokens=n, queries=queries)

@@ -278,7 +278,7 @@ class AddVirtualNodes(_AttentionTransform):
             mask = torch.zeros(n, dtype=torch.bool, device=x.device if isinstance(x, torch.Tensor) else None)
         data[self.mask_key] = torch.cat([mask.bool(), torch.ones(self.count, dtype=torch.bool, device=mask.device)])
         data.num_nodes = n + self.count
-        star = rules.global_nodes(n, count=self.count)
+        star = rules.global_nodes(n, num_global=self.count)
         if existing is not None:
             star = existing.add_nodes(self.count, node_type=NodeType.GLOBAL) | star
         write_attention(data, self.key, self.label_key, star)

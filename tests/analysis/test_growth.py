@@ -12,11 +12,11 @@ NS = [256, 512, 1024, 2048, 4096, 8192]
 @pytest.mark.parametrize("name,rule", [
     ("band", lambda n: rules.band(n, radius=4)),
     ("dilated", lambda n: rules.dilated(n, radius=2, dilation=3)),
-    ("random", lambda n: rules.random(n, keys_per_query=3, seed=0)),
+    ("random", lambda n: rules.random(n, num_random_keys=3, seed=0)),
     ("star", lambda n: rules.star_transformer(n)),
     ("longformer", lambda n: rules.longformer(n, radius=4, global_indices=[0])),
     ("etc", lambda n: rules.etc(n, num_global=2, radius=3)),
-    ("bigbird", lambda n: rules.bigbird(n, block=16, seed=0)),
+    ("bigbird", lambda n: rules.bigbird(n, block_size=16, seed=0)),
 ])
 def test_linear_rules(name, rule):
     s = scaling(rule, NS)

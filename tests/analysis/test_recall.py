@@ -45,8 +45,8 @@ def dense_sparse_attention(q, k, v, mask, scale=None):
 
 CASES = [
     ("band", lambda n: rules.band(n, radius=3), 2),
-    ("bigbird", lambda n: rules.bigbird(n, block=8, seed=1), 3),
-    ("random", lambda n: rules.random(n, keys_per_query=5, seed=2), 1),
+    ("bigbird", lambda n: rules.bigbird(n, block_size=8, seed=1), 3),
+    ("random", lambda n: rules.random(n, num_random_keys=5, seed=2), 1),
     ("star", lambda n: rules.star_transformer(n), 2),  # extra nodes: token rows only
     ("etc", lambda n: rules.etc(n, num_global=2, radius=2), 2),
     ("longformer_heads", lambda n: rules.longformer(n, radius=2, dilation=[1, 3], global_indices=[0]), 2),

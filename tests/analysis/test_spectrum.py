@@ -30,10 +30,10 @@ def dense_reference(g):
 
 GRAPHS = [
     lambda: rules.band(40, radius=2),
-    lambda: rules.random(60, keys_per_query=3, seed=1),
+    lambda: rules.random(60, num_random_keys=3, seed=1),
     lambda: rules.star_transformer(15),
     lambda: rules.bp_transformer(32, k=1),
-    lambda: rules.bigbird(128, block=8, seed=0),
+    lambda: rules.bigbird(128, block_size=8, seed=0),
     lambda: rules.etc(30, num_global=2, radius=1),
     lambda: rules.random_regular(50, degree=4, seed=2),
     lambda: rules.longformer(40, radius=1, dilation=[1, 2], global_indices=[0]),
@@ -64,9 +64,9 @@ def test_small_graphs_against_dense_and_networkx(make):
     (lambda: rules.etc(400, num_global=3, radius=2), "factor"),
     (lambda: rules.longformer(400, radius=2, dilation=[1, 4], global_indices=[0, 399]), "factor"),
     (lambda: rules.random_regular(600, degree=6, seed=4), "lobpcg"),
-    (lambda: rules.bigbird(512, block=16, seed=3), "lobpcg"),
+    (lambda: rules.bigbird(512, block_size=16, seed=3), "lobpcg"),
     (lambda: rules.bp_transformer(256, k=2), "lobpcg"),
-    (lambda: rules.random(500, keys_per_query=2, seed=1) | rules.band(500, radius=1), "lobpcg"),
+    (lambda: rules.random(500, num_random_keys=2, seed=1) | rules.band(500, radius=1), "lobpcg"),
 ], ids=["band", "dilated", "star", "star_open", "etc", "longformer", "regular", "bigbird", "bpt", "random"])
 def test_sparse_solvers_against_dense(make, method, monkeypatch):
     if method == "lobpcg":  # small graphs would factor cheaply: force the iterative path
@@ -138,11 +138,11 @@ def test_cycle_is_ramanujan_and_bipartite_handled():
 
 
 def test_disconnected():
-    s = spectral(rules.block_local(64, block=8))
+    s = spectral(rules.block_local(64, block_size=8))
     assert s["lambda_2"] == 0.0 and s["epsilon"] == 1.0 and s["kappa"] == math.inf
     assert s["num_components"] == 8 and s["method"] == "disconnected" and s["normalized_gap"] == 0.0
     assert s["lambda_max"] == pytest.approx(8)  # K_8 blocks
-    s = spectral(rules.block_local(4000, block=4))
+    s = spectral(rules.block_local(4000, block_size=4))
     assert s["lambda_max"] == pytest.approx(4) and s["num_components"] == 1000
     s = spectral(rules.band(10, radius=0))  # no edges at all
     assert s["lambda_max"] == 0.0 and s["num_components"] == 10

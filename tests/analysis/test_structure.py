@@ -74,7 +74,7 @@ def test_summary_against_networkx():
 
 
 def test_summary_components_and_empty():
-    g = rules.block_local(12, block=4)
+    g = rules.block_local(12, block_size=4)
     s = summary(g)
     assert s["num_components"] == 3 and not s["is_connected"]
     e = summary(rules.full(0))
@@ -126,9 +126,9 @@ def test_hops_trees_and_grids_equal_nx_diameter(hops_path):
 @pytest.mark.parametrize("g", [
     rules.star_transformer(9), rules.star_transformer(9, cyclic=False), rules.bp_transformer(13, k=1),
     rules.bp_transformer(16, k=2), rules.etc(12, num_global=2, radius=1),
-    rules.global_nodes(6, count=2), rules.bigbird_etc(96, block=8, seed=1),
+    rules.global_nodes(6, num_global=2), rules.bigbird_etc(96, block_size=8, seed=1),
     rules.longformer(20, radius=1, dilation=[1, 3], global_indices=[5]),
-    rules.dilated(20, radius=2, dilation=3), rules.random(30, keys_per_query=2, seed=3),
+    rules.dilated(20, radius=2, dilation=3), rules.random(30, num_random_keys=2, seed=3),
     rules.bp_transformer(16, k=1, causal=True),
 ], ids=lambda g: repr(g)[:60])
 def test_hops_rules_against_networkx(g, hops_path):
@@ -145,15 +145,15 @@ def test_hops_band_closed_form(n, r, hops_path):
 
 def test_hops_star_bigbird_full_causal_and_degenerate():
     assert hops_to_cover(rules.star_transformer(1000)) == 2
-    assert hops_to_cover(rules.bigbird(4096, block=32, seed=0)) == 2
-    assert hops_to_cover(rules.global_tokens(500, indices=[7]) | rules.band(500, radius=1)) == 2
+    assert hops_to_cover(rules.bigbird(4096, block_size=32, seed=0)) == 2
+    assert hops_to_cover(rules.global_tokens(500, global_indices=[7]) | rules.band(500, radius=1)) == 2
     assert hops_to_cover(rules.full(50)) == 1
     assert hops_to_cover(rules.band(50, radius=3, causal=True)) == math.inf
     assert hops_to_cover(rules.band(50, radius=0)) == math.inf
-    assert hops_to_cover(rules.block_local(50, block=10)) == math.inf
+    assert hops_to_cover(rules.block_local(50, block_size=10)) == math.inf
     assert hops_to_cover(rules.full(1)) == 0 and hops_to_cover(rules.full(0)) == 0
     # tokens joined only through an extra node
-    assert hops_to_cover(rules.global_nodes(40, count=1)) == 2
+    assert hops_to_cover(rules.global_nodes(40, num_global=1)) == 2
 
 
 def test_hops_band_large():
@@ -198,7 +198,7 @@ def test_receptive_field_extra_nodes_relay():
 
 
 def test_receptive_field_chunked_equals_unchunked(monkeypatch):
-    g = rules.random(300, keys_per_query=2, seed=5) | rules.band(300, radius=1)
+    g = rules.random(300, num_random_keys=2, seed=5) | rules.band(300, radius=1)
     ref = receptive_field(g, 3)
     monkeypatch.setattr(_propagate, "_STATE_WORDS", 300 * 2)  # 2 words: 128 tokens per chunk
     monkeypatch.setattr(_propagate, "_GATHER_WORDS", 2 * 37)  # pieces of 37 edges
@@ -230,10 +230,10 @@ def test_contains_star_random_against_brute_force(seed):
 
 def test_contains_star_rules():
     assert contains_star(rules.star_transformer(20))
-    assert contains_star(rules.global_tokens(20, indices=[3]))
-    assert contains_star(rules.global_nodes(20, count=1))
+    assert contains_star(rules.global_tokens(20, global_indices=[3]))
+    assert contains_star(rules.global_nodes(20, num_global=1))
     assert contains_star(rules.etc(20, num_global=2, radius=1))
-    assert contains_star(rules.bigbird(512, block=16, seed=2))
+    assert contains_star(rules.bigbird(512, block_size=16, seed=2))
     assert not contains_star(rules.band(20, radius=3))
     assert not contains_star(rules.star_transformer(20).select_labels(EdgeLabel.RING))  # relay attends nothing
     assert contains_star(rules.band(5, radius=4)) and not contains_star(rules.full(0))
@@ -293,7 +293,7 @@ def test_yun_rules_and_conditions():
     c = yun_conditions(rules.star_transformer(30))
     assert c["satisfied"] is True and c["coverage_layers"] == 15
     # block-local: disconnected union, no path
-    c = yun_conditions(rules.block_local(16, block=4))
+    c = yun_conditions(rules.block_local(16, block_size=4))
     assert c["hamiltonian_path"] is False and c["full_coverage"] is False
 
 

@@ -22,16 +22,16 @@ from graphattn.nn import GraphAttention
 CASES = {
     "band": (lambda: rules.band(37, radius=3), functools.partial(rules.band, 37, radius=3), "rule", 2, 4, 3, True),
     "band_causal": (lambda: rules.band(37, radius=4, causal=True), None, "graph", 2, 4, 4, False),
-    "bigbird": (lambda: rules.bigbird(39, block=4, seed=1), None, "graph", 2, 4, 3, False),
-    "bigbird_etc": (lambda: rules.bigbird_etc(39, block=4, num_global=2, seed=1),
-                    functools.partial(rules.bigbird_etc, 39, block=4, num_global=2, seed=1), "rule", 2, 4, 3, True),
+    "bigbird": (lambda: rules.bigbird(39, block_size=4, seed=1), None, "graph", 2, 4, 3, False),
+    "bigbird_etc": (lambda: rules.bigbird_etc(39, block_size=4, num_global=2, seed=1),
+                    functools.partial(rules.bigbird_etc, 39, block_size=4, num_global=2, seed=1), "rule", 2, 4, 3, True),
     "longformer": (lambda: rules.longformer(37, radius=2, dilation=[1, 2], global_indices=[0, 18]),
                    None, "graph", 2, 4, 3, True),
     "bp_transformer": (lambda: rules.bp_transformer(21, k=2), functools.partial(rules.bp_transformer, 21, k=2),
                        "plan", 2, 4, 3, False),
-    "random": (lambda: rules.random(37, keys_per_query=5, seed=3),
-               functools.partial(rules.random, 37, keys_per_query=5, seed=3), "rule", 2, 4, 3, True),
-    "block_aligned": (lambda: rules.block_local(32, block=8), None, "graph", 1, 4, 3, False),
+    "random": (lambda: rules.random(37, num_random_keys=5, seed=3),
+               functools.partial(rules.random, 37, num_random_keys=5, seed=3), "rule", 2, 4, 3, True),
+    "block_aligned": (lambda: rules.block_local(32, block_size=8), None, "graph", 1, 4, 3, False),
     "star": (lambda: rules.star_transformer(9), None, "graph", 2, 4, 3, False),
     "tiny": (lambda: rules.band(3, radius=1), None, "graph", 1, 2, 2, False),
 }
@@ -49,7 +49,7 @@ def encoder_setup():
     from graphattn.models import GraphRule, SparseEncoder
 
     n, g = 25, 2
-    graphs = [GraphRule(rules.bigbird_etc, block=4, num_global=g, seed=0), rules.etc(n, num_global=g, radius=2)]
+    graphs = [GraphRule(rules.bigbird_etc, block_size=4, num_global=g, seed=0), rules.etc(n, num_global=g, radius=2)]
     enc = SparseEncoder(8, 2, graphs=graphs, num_global=g, num_relative=2 * 2 + 2).double()
     gen = torch.Generator().manual_seed(11)
     with torch.no_grad():

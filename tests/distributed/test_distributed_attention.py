@@ -128,15 +128,15 @@ def test_global_rows_are_broadcast_at_four_ranks(dist_results):
 # ---------------------------------------------------------------- single process (no group)
 
 def test_without_process_group_equals_local_attention():
-    g = rules.bigbird_etc(21, block=4, num_global=2, seed=0)
+    g = rules.bigbird_etc(21, block_size=4, num_global=2, seed=0)
     gen = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(g.num_nodes, 2, 4, generator=gen, dtype=torch.float64) for _ in range(3))
     bias = torch.randn(g.num_edges, 2, generator=gen, dtype=torch.float64)
-    ref, wref = local_attention(q, k, v, g, bias=bias, return_weights=True)
-    out, w = gd.graph_attention(q, k, v, g, bias=bias, return_weights=True)
+    ref, wref = local_attention(q, k, v, g, bias=bias, return_attention_weights=True)
+    out, w = gd.graph_attention(q, k, v, g, bias=bias, return_attention_weights=True)
     torch.testing.assert_close(out, ref, **TOL)
     torch.testing.assert_close(w, wref, **TOL)
-    rule = functools.partial(rules.bigbird_etc, 21, block=4, num_global=2, seed=0)
+    rule = functools.partial(rules.bigbird_etc, 21, block_size=4, num_global=2, seed=0)
     torch.testing.assert_close(gd.graph_attention(q, k, v, rule, bias=bias), ref, **TOL)
 
 
@@ -150,8 +150,8 @@ def test_layer_without_process_group_equals_layer():
     layer = gd.GraphAttention(8, 2, num_relative=4)
     layer.load_state_dict(base.state_dict())
     x = torch.randn(2, g.num_nodes, 8)
-    out, w = layer(x, g, return_attention=True)
-    ref, wref = base(x, g, return_attention=True)
+    out, w = layer(x, g, return_attention_weights=True)
+    ref, wref = base(x, g, return_attention_weights=True)
     torch.testing.assert_close(out, ref)
     torch.testing.assert_close(w, wref)
 

@@ -51,10 +51,10 @@ def test_partition_errors():
 
 @pytest.mark.parametrize("make", [
     lambda: rules.band(50, radius=3),
-    lambda: rules.bigbird(50, block=4, seed=0),
+    lambda: rules.bigbird(50, block_size=4, seed=0),
     lambda: rules.bp_transformer(20, k=2),
-    lambda: rules.random(40, keys_per_query=6, seed=1),
-    lambda: rules.global_nodes(30, count=3),
+    lambda: rules.random(40, num_random_keys=6, seed=1),
+    lambda: rules.global_nodes(30, num_global=3),
 ])
 @pytest.mark.parametrize("world", [1, 3, 8])
 def test_halo_sizes_match_dense_mask(make, world):

@@ -38,11 +38,11 @@ def test_longformer_per_head_dilation():
 
 def test_bigbird_layers_have_their_own_random_blocks_and_are_reproducible():
     torch.manual_seed(2)
-    a = bigbird_encoder(8, 2, 2, block=4, random_blocks=1, seed=3).double()
-    b = bigbird_encoder(8, 2, 2, block=4, random_blocks=1, seed=3)
+    a = bigbird_encoder(8, 2, 2, block_size=4, num_random_blocks=1, seed=3).double()
+    b = bigbird_encoder(8, 2, 2, block_size=4, num_random_blocks=1, seed=3)
     n = 64
-    assert a.graph(0, n).equals(rules.bigbird(n, block=4, random_blocks=1, seed=3))
-    assert a.graph(1, n).equals(rules.bigbird(n, block=4, random_blocks=1, seed=4))
+    assert a.graph(0, n).equals(rules.bigbird(n, block_size=4, num_random_blocks=1, seed=3))
+    assert a.graph(1, n).equals(rules.bigbird(n, block_size=4, num_random_blocks=1, seed=4))
     assert not a.graph(0, n).equals(a.graph(1, n))
     assert all(a.graph(l, n).equals(b.graph(l, n)) for l in range(2))
     x = torch.randn(n, 8, dtype=torch.float64)
@@ -51,13 +51,13 @@ def test_bigbird_layers_have_their_own_random_blocks_and_are_reproducible():
 
 def test_bigbird_etc_global_nodes_connect_everything_in_two_layers():
     torch.manual_seed(3)
-    enc = bigbird_etc_encoder(8, 2, 2, block=4, random_blocks=1, num_global=2, seed=0).double()
+    enc = bigbird_etc_encoder(8, 2, 2, block_size=4, num_random_blocks=1, num_global=2, seed=0).double()
     n = 48
     assert enc.graph(0, n).num_nodes == n + 2
     x = torch.randn(n, 8, dtype=torch.float64)
     dep = dependency(enc, x)
     assert torch.equal(dep, _token_reach(enc, n)) and bool(dep.all())
-    one = bigbird_etc_encoder(8, 2, 1, block=4, random_blocks=1, num_global=2, seed=0).double()
+    one = bigbird_etc_encoder(8, 2, 1, block_size=4, num_random_blocks=1, num_global=2, seed=0).double()
     assert not bool(dependency(one, x).all())
 
 

@@ -31,7 +31,7 @@ def test_two_band_layers_receptive_field_is_exactly_plus_minus_three():
 
 def test_per_layer_schedule_matches_graph_reachability():
     torch.manual_seed(1)
-    graphs = [rules.band(20, radius=1), rules.dilated(20, radius=1, dilation=4), rules.global_tokens(20, indices=[7])]
+    graphs = [rules.band(20, radius=1), rules.dilated(20, radius=1, dilation=4), rules.global_tokens(20, global_indices=[7])]
     enc = SparseEncoder(8, 2, graphs=graphs).double()
     x = torch.randn(20, 8, dtype=torch.float64)
     assert torch.equal(dependency(enc, x), reachability([g.to_dense() for g in graphs]))
@@ -47,7 +47,7 @@ def test_causal_band_layers_are_causal_by_gradients():
 def test_layer_matches_dense_reference():
     """Pre-norm layer against a float64 dense masked-softmax computation written out by hand."""
     torch.manual_seed(3)
-    g = rules.band(12, radius=2) | rules.global_tokens(12, indices=[0])
+    g = rules.band(12, radius=2) | rules.global_tokens(12, global_indices=[0])
     layer = SparseEncoderLayer(8, 2, ff_dim=16).double()
     x = torch.randn(12, 8, dtype=torch.float64)
     a = layer.attn
@@ -66,7 +66,7 @@ def test_batched_equals_per_sample_and_graph_cache():
 
     def make(n):
         calls.append(n)
-        return rules.band(n, radius=1) | rules.global_tokens(n, indices=[0])
+        return rules.band(n, radius=1) | rules.global_tokens(n, global_indices=[0])
 
     enc = SparseEncoder(8, 2, graphs=make, num_layers=3)
     x = torch.randn(3, 10, 8)
@@ -159,7 +159,7 @@ def test_chunked_ff_is_identical(reversible):
 
 def test_global_nodes_are_appended_and_dropped():
     torch.manual_seed(8)
-    enc = SparseEncoder(8, 2, graphs=GraphRule(rules.global_nodes, count=2), num_layers=1, num_global=2).double()
+    enc = SparseEncoder(8, 2, graphs=GraphRule(rules.global_nodes, num_global=2), num_layers=1, num_global=2).double()
     x = torch.randn(3, 10, 8, dtype=torch.float64)
     out, glob = enc(x, return_global=True)
     assert out.shape == (3, 10, 8) and glob.shape == (3, 2, 8)
@@ -167,7 +167,7 @@ def test_global_nodes_are_appended_and_dropped():
     # every token reaches every token through the global nodes in two layers, none in one
     dep = dependency(lambda t: enc(t), x[0])
     assert torch.equal(dep, torch.eye(10, dtype=torch.bool))  # global_nodes has no token-token edges but self
-    two = SparseEncoder(8, 2, graphs=GraphRule(rules.global_nodes, count=2), num_layers=2, num_global=2).double()
+    two = SparseEncoder(8, 2, graphs=GraphRule(rules.global_nodes, num_global=2), num_layers=2, num_global=2).double()
     assert bool(dependency(two, x[0]).all())
     assert enc.global_embeddings.shape == (2, 8)
 

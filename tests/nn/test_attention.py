@@ -33,13 +33,13 @@ def test_layer_matches_dense_reference_with_relative_bias():
 
 def test_batched_equals_per_sample_and_weights_shape():
     torch.manual_seed(1)
-    g = rules.bigbird(96, block=8, seed=0)
+    g = rules.bigbird(96, block_size=8, seed=0)
     layer = GraphAttention(24, 3)
     x = torch.randn(4, 96, 24)
-    out, w = layer(x, g, return_attention=True)
+    out, w = layer(x, g, return_attention_weights=True)
     assert out.shape == (4, 96, 24) and w.shape == (4, g.num_edges, 3)
     for b in range(4):
-        ob, wb = layer(x[b], g, return_attention=True)
+        ob, wb = layer(x[b], g, return_attention_weights=True)
         torch.testing.assert_close(out[b], ob, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(w[b], wb, rtol=1e-5, atol=1e-6)
 
@@ -78,7 +78,7 @@ def test_equals_pyg_transformer_conv():
     from torch_geometric.nn import TransformerConv
 
     torch.manual_seed(4)
-    g = rules.random(50, keys_per_query=6, seed=3) | rules.band(50, radius=1)
+    g = rules.random(50, num_random_keys=6, seed=3) | rules.band(50, radius=1)
     H, C = 2, 5
     conv = TransformerConv(12, C, heads=H, root_weight=False)
     x = torch.randn(50, 12)
@@ -129,7 +129,7 @@ def test_inside_pyg_sequential():
 
 def test_torch_compile_matches_eager():
     torch.manual_seed(7)
-    g = rules.band(64, radius=3) | rules.global_tokens(64, indices=[0])
+    g = rules.band(64, radius=3) | rules.global_tokens(64, global_indices=[0])
     layer = GraphAttention(16, 2)
     x = torch.randn(64, 16)
     compiled = torch.compile(layer)

@@ -23,14 +23,14 @@ def bipartite(nq=30, nk=44):
 
 
 def per_head(n=40):
-    g = compose.stack_heads([rules.band(n, radius=2), rules.random(n, keys_per_query=3, seed=1)])
+    g = compose.stack_heads([rules.band(n, radius=2), rules.random(n, num_random_keys=3, seed=1)])
     return g.edge_index, n, n, g.head_mask
 
 
 GRAPHS = {
     "band": lambda: (rules.band(50, radius=5).edge_index, 50, 50, None),
-    "bigbird": lambda: (rules.bigbird(64, block=8, seed=0).edge_index, 64, 64, None),
-    "random": lambda: (rules.random(40, keys_per_query=4, seed=2).edge_index, 40, 40, None),
+    "bigbird": lambda: (rules.bigbird(64, block_size=8, seed=0).edge_index, 64, 64, None),
+    "random": lambda: (rules.random(40, num_random_keys=4, seed=2).edge_index, 40, 40, None),
     "bipartite": bipartite,
     "per-head": per_head,
 }
@@ -71,7 +71,7 @@ def test_block_mask_lists_the_graph_blocks(block):
     # Flex blocks of 1, 2 or 4 plan tiles: a block is listed iff it holds an edge, and full iff
     # it lies inside the matrix and every cell is an edge.
     n = 70
-    g = rules.band(n, radius=9) | rules.random(n, keys_per_query=2, seed=5)
+    g = rules.band(n, radius=9) | rules.random(n, num_random_keys=2, seed=5)
     plan = build_plan(g.edge_index, n, n, tile=8)
     bm = _FlexTables(plan, "cpu", block).block_mask
     dense = dense_mask(g.edge_index, n, n)

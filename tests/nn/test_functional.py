@@ -14,9 +14,9 @@ PLANS = [dict(tile=16, dense_threshold=0.25), dict(tile=64), dict(tile=8, dense_
 def graphs():
     return {
         "band": rules.band(301, radius=20),
-        "random": rules.random(203, keys_per_query=5, seed=1),
-        "bigbird": rules.bigbird(517, block=16, seed=0),
-        "mixed": rules.band(130, radius=40).without_self_loops() | rules.random(130, keys_per_query=3, seed=2),
+        "random": rules.random(203, num_random_keys=5, seed=1),
+        "bigbird": rules.bigbird(517, block_size=16, seed=0),
+        "mixed": rules.band(130, radius=40).without_self_loops() | rules.random(130, num_random_keys=3, seed=2),
         "star": rules.star_transformer(37),  # embedding nodes have no keys
         "bpt": rules.bp_transformer(45, k=2),
         "n1": rules.full(1),
@@ -87,9 +87,9 @@ def test_keyless_queries_are_zero_with_finite_gradients():
 
 
 def test_return_weights_match_dense_softmax():
-    g = rules.bigbird(200, block=8, seed=1)
+    g = rules.bigbird(200, block_size=8, seed=1)
     q, k, v = inputs(200, 200)
-    out, w = graph_attention(q, k, v, g, return_weights=True)
+    out, w = graph_attention(q, k, v, g, return_attention_weights=True)
     _, p = dense_attention(q, k, v, g.to_dense())
     ref = p[:, g.edge_index[1], g.edge_index[0]].t()
     torch.testing.assert_close(w.double(), ref, rtol=1e-5, atol=1e-6)
@@ -98,10 +98,10 @@ def test_return_weights_match_dense_softmax():
 
 
 def test_per_head_layout_matches_separate_heads():
-    heads = [rules.band(90, radius=3), rules.dilated(90, radius=3, dilation=4), rules.random(90, keys_per_query=6, seed=0)]
+    heads = [rules.band(90, radius=3), rules.dilated(90, radius=3, dilation=4), rules.random(90, num_random_keys=6, seed=0)]
     g = compose.stack_heads(heads)
     q, k, v = inputs(90, 90)
-    out, w = graph_attention(q, k, v, g, return_weights=True)
+    out, w = graph_attention(q, k, v, g, return_attention_weights=True)
     for h, gh in enumerate(heads):
         ref = graph_attention(q[:, h:h + 1], k[:, h:h + 1], v[:, h:h + 1], gh)
         torch.testing.assert_close(out[:, h], ref[:, 0], rtol=1e-5, atol=1e-6)
@@ -112,7 +112,7 @@ def test_per_head_layout_matches_separate_heads():
 
 
 def test_gradcheck_float64_dense_and_sparse_paths():
-    g = rules.band(11, radius=2) | rules.random(11, keys_per_query=2, seed=0)
+    g = rules.band(11, radius=2) | rules.random(11, num_random_keys=2, seed=0)
     for opts in (dict(tile=4, dense_threshold=0.3), dict(tile=4, dense_threshold=1.0)):
         q, k, v = inputs(11, 11, H=2, D=3, Dv=2, dtype=torch.float64)
         bias = torch.randn(g.num_edges, 2, dtype=torch.float64, requires_grad=True)
@@ -196,7 +196,7 @@ def test_edge_index_plan_is_cached_while_the_tensor_lives_unchanged():
 
     from graphattn.nn import functional
 
-    ei = rules.random(90, keys_per_query=4, seed=5).edge_index
+    ei = rules.random(90, num_random_keys=4, seed=5).edge_index
     ei = ei[:, torch.randperm(ei.shape[1], generator=torch.Generator().manual_seed(1))]  # unsorted
     q, k, v = inputs(90, 90)
     out1 = graph_attention(q, k, v, ei, tile=16)

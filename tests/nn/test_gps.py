@@ -88,8 +88,8 @@ def test_graph_attention_batch_equals_per_graph():
     data_list = graphs(exphormer())
     batch = Batch.from_data_list(data_list)
     attn = GraphAttention(C, H).double()
-    got, w = attn(batch.x, batch.attn_edge_index, return_attention=True)
-    parts = [attn(d.x, d.attn_edge_index, return_attention=True) for d in data_list]
+    got, w = attn(batch.x, batch.attn_edge_index, return_attention_weights=True)
+    parts = [attn(d.x, d.attn_edge_index, return_attention_weights=True) for d in data_list]
     assert torch.allclose(got, torch.cat([p[0] for p in parts]), atol=1e-12)
     assert torch.allclose(w, torch.cat([p[1] for p in parts]), atol=1e-12)
     # The batched attention weights sum to one per query, within its own graph only.

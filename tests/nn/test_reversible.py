@@ -60,7 +60,7 @@ def test_gradients_equal_the_plain_residual_computation_linear_and_mlp():
 def test_dropout_and_graph_attention_dropout_replay_their_masks():
     torch.manual_seed(1)
     d, n = 8, 24
-    g = rules.band(n, radius=2) | rules.global_tokens(n, indices=[0])
+    g = rules.band(n, radius=2) | rules.global_tokens(n, global_indices=[0])
     blocks = [(GraphAttention(d, 2, dropout=0.3), mlp(d, p=0.4)) for _ in range(3)]
     seq = ReversibleSequence(blocks).double()
     x1, x2 = torch.randn(2, n, d, dtype=torch.float64), torch.randn(2, n, d, dtype=torch.float64)

@@ -7,7 +7,7 @@ from reference import dense_attention, head_graph, influence_matrix
 from graphattn import rules
 from graphattn.nn import RoutingAttention
 from graphattn.nn.lsh import head_seeds
-from graphattn.rules.kmeans import spherical_kmeans
+from graphattn.rules.clustering import spherical_kmeans
 
 
 def project(layer, x):
@@ -37,7 +37,7 @@ def reference_mask(q, k, centroids, window, causal):
 @pytest.mark.parametrize("causal,window", [(False, None), (True, None), (False, 3), (True, 7)])
 def test_matches_dense_reference_values_gradients_and_routing(causal, window):
     torch.manual_seed(0)
-    layer = RoutingAttention(16, 2, num_clusters=4, window=window, causal=causal, seed=1).double()
+    layer = RoutingAttention(16, 2, num_clusters=4, cluster_size=window, causal=causal, seed=1).double()
     x = torch.randn(2, 21, 16, dtype=torch.float64, requires_grad=True)
     layer.eval()
     out, graphs = layer(x, return_graph=True)
@@ -68,12 +68,12 @@ def test_first_batch_seeds_centroids_like_rules_kmeans():
     # One head, one sample: the layer's k-means++ initialisation and routing is rules.kmeans on
     # the projected queries and keys with the head's seed.
     torch.manual_seed(1)
-    layer = RoutingAttention(8, 1, num_clusters=3, window=4, seed=9).double().eval()
+    layer = RoutingAttention(8, 1, num_clusters=3, cluster_size=4, seed=9).double().eval()
     x = torch.randn(15, 8, dtype=torch.float64)
     _, g = layer(x, return_graph=True)
     q, k, _ = project(layer, x)
     seed = int(head_seeds(9, 1)[0])
-    expected = rules.kmeans(q[:, 0].detach(), keys=k[:, 0].detach(), num_clusters=3, window=4, seed=seed)
+    expected = rules.kmeans(q[:, 0].detach(), keys=k[:, 0].detach(), num_clusters=3, cluster_size=4, seed=seed)
     assert torch.equal(head_graph(g, 0).edge_index, expected.edge_index)
     c, _ = spherical_kmeans(torch.cat([q[:, 0], k[:, 0]]).detach(), num_clusters=3, seed=seed)
     torch.testing.assert_close(layer.centroids[0], c)
@@ -128,7 +128,7 @@ def test_ema_update_formula():
 def test_unrouted_tokens_attend_themselves_never_zero_or_nan():
     torch.manual_seed(4)
     # window 1 and 2 clusters: at most 2 of 10 queries are routed per head, the rest are alone.
-    layer = RoutingAttention(8, 2, num_clusters=2, window=1, seed=0).double().eval()
+    layer = RoutingAttention(8, 2, num_clusters=2, cluster_size=1, seed=0).double().eval()
     x = torch.randn(10, 8, dtype=torch.float64)
     out, g = layer(x, return_graph=True)
     assert bool(out.isfinite().all())
@@ -149,7 +149,7 @@ def test_unrouted_tokens_attend_themselves_never_zero_or_nan():
 def test_causality_by_gradients(window):
     torch.manual_seed(5)
     n = 13
-    layer = RoutingAttention(8, 2, num_clusters=3, window=window, causal=True, seed=0).double().eval()
+    layer = RoutingAttention(8, 2, num_clusters=3, cluster_size=window, causal=True, seed=0).double().eval()
     x = torch.randn(n, 8, dtype=torch.float64)
     layer(x)  # initialise, so the jacobian's forward routes with fixed centroids
     influence = influence_matrix(layer, x)
@@ -215,8 +215,8 @@ def test_state_dict_carries_centroids():
 def test_bad_arguments_name_the_parameter():
     with pytest.raises(ValueError, match="num_clusters"):
         RoutingAttention(8, 2, num_clusters=0)
-    with pytest.raises(ValueError, match="window"):
-        RoutingAttention(8, 2, num_clusters=2, window=0)
+    with pytest.raises(ValueError, match="cluster_size"):
+        RoutingAttention(8, 2, num_clusters=2, cluster_size=0)
     with pytest.raises(ValueError, match="ema_decay"):
         RoutingAttention(8, 2, num_clusters=2, ema_decay=1.5)
     with pytest.raises(ValueError, match="commitment"):
@@ -230,12 +230,12 @@ def test_bad_arguments_name_the_parameter():
         layer(torch.randn(4, 5))
 
 
-def test_top_window_is_the_stable_sort_prefix_with_ties():
-    from graphattn.nn.routing import _top_window
+def test_top_members_is_the_stable_sort_prefix_with_ties():
+    from graphattn.nn.routing import _top_members
 
     torch.manual_seed(10)
     sim = torch.randint(0, 4, (3, 5, 17)).double()  # many ties
     for w in (1, 4, 9, 17):
-        got = _top_window(sim, w)
+        got = _top_members(sim, w)
         ref = torch.sort(sim, dim=-1, descending=True, stable=True).indices[..., :w].sort(-1).values
         assert torch.equal(got, ref)

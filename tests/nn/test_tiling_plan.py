@@ -13,11 +13,11 @@ from graphattn.nn.plan import build_plan
 def graphs():
     return {
         "band": (rules.band(301, radius=20), None),
-        "bigbird": (rules.bigbird(517, block=16, seed=0), None),
-        "random": (rules.random(203, keys_per_query=5, seed=1), None),
-        "mixed": (rules.band(130, radius=40) | rules.random(130, keys_per_query=3, seed=2), None),
+        "bigbird": (rules.bigbird(517, block_size=16, seed=0), None),
+        "random": (rules.random(203, num_random_keys=5, seed=1), None),
+        "mixed": (rules.band(130, radius=40) | rules.random(130, num_random_keys=3, seed=2), None),
         "star": (rules.star_transformer(37), None),
-        "per-head": (compose.stack_heads([rules.band(97, radius=9), rules.random(97, keys_per_query=4, seed=3)]), 2),
+        "per-head": (compose.stack_heads([rules.band(97, radius=9), rules.random(97, num_random_keys=4, seed=3)]), 2),
         "n1": (rules.full(1), None),
     }
 

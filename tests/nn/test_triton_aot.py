@@ -19,7 +19,7 @@ pytestmark = pytest.mark.skipif(WHY is not None, reason=f"cannot compile for sm_
 def compile_case(dtype, *, bias=False, dropout_p=0.0, heads=8, dim=64, tile=64, n=640):
     # Band (dense tiles) + random (sparse edges) + a global token (a long row and key, split
     # into segments at this work limit): every kernel family and the partial variants.
-    g = rules.band(n, radius=128) | rules.random(n, keys_per_query=8, seed=0) | rules.global_tokens(n, indices=[3])
+    g = rules.band(n, radius=128) | rules.random(n, num_random_keys=8, seed=0) | rules.global_tokens(n, global_indices=[3])
     plan = build_plan(g.edge_index, n, n, tile=tile)
     q, k, v = (torch.zeros(n, heads, dim, dtype=dtype, requires_grad=True) for _ in range(3))
     b = torch.zeros(plan.num_edges, heads, requires_grad=True) if bias else None
@@ -126,7 +126,7 @@ def test_classes_without_a_fitting_launch_are_declined(dtype, tile, dim, text):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_csr_kernels_with_large_chunks_do_not_spill(dtype):
     n = 512
-    g = rules.random(n, keys_per_query=64, seed=0)  # chunks of 64 neighbours
+    g = rules.random(n, num_random_keys=64, seed=0)  # chunks of 64 neighbours
     plan = build_plan(g.edge_index, n, n, tile=64)
     q, k, v = (torch.zeros(n, 2, 256, dtype=dtype, requires_grad=True) for _ in range(3))
     with triton_aot.compile_only() as builds:

@@ -53,14 +53,14 @@ def keyless(n=48):
 
 def per_head(n=64):
     g = compose.stack_heads([rules.band(n, radius=3), rules.dilated(n, radius=2, dilation=5)
-                             | rules.random(n, keys_per_query=2, seed=4)])
+                             | rules.random(n, num_random_keys=2, seed=4)])
     return g.edge_index, n, n, g.head_mask
 
 
 GRAPHS = {
     "band": lambda: (rules.band(70, radius=9).edge_index, 70, 70),
-    "bigbird": lambda: (rules.bigbird(96, block=8, seed=0).edge_index, 96, 96),
-    "random": lambda: (rules.random(80, keys_per_query=5, seed=1).edge_index, 80, 80),
+    "bigbird": lambda: (rules.bigbird(96, block_size=8, seed=0).edge_index, 96, 96),
+    "random": lambda: (rules.random(80, num_random_keys=5, seed=1).edge_index, 80, 80),
     "bipartite": bipartite,
     "keyless": keyless,
 }
@@ -136,7 +136,7 @@ def case_per_head():
 
 def case_tiling(tile, threshold):
     # tile 8 pads the kernel's blocks to 16; D = 12, Dv = 5 pad the head dims.
-    ei = rules.bigbird(64, block=8, seed=3).edge_index
+    ei = rules.bigbird(64, block_size=8, seed=3).edge_index
     check(_tk(), ei, 64, 64, tile=tile, threshold=threshold, D=12, Dv=5, H=1, scale=0.3)
 
 
@@ -237,14 +237,14 @@ def case_dispatch_graph_attention():
     from graphattn.nn import graph_attention
     from graphattn.nn.backends import Backend, use
 
-    g = (rules.bigbird(64, block=8, seed=1) | rules.random(64, keys_per_query=3, seed=2)).to(DEVICE)
+    g = (rules.bigbird(64, block_size=8, seed=1) | rules.random(64, num_random_keys=3, seed=2)).to(DEVICE)
     q, k, v = inputs(64, 64)
     bias = torch.randn(g.num_edges, 2, generator=torch.Generator().manual_seed(4)).to(DEVICE).requires_grad_(True)
     with use(Backend.TRITON):
-        out, w = graph_attention(q, k, v, g, bias=bias, tile=16, return_weights=True)
+        out, w = graph_attention(q, k, v, g, bias=bias, tile=16, return_attention_weights=True)
         half = graph_attention(q.half(), k.half(), v.half(), g, bias=bias.half(), tile=16)
     with use(Backend.TORCH):
-        ref, w_ref = graph_attention(q, k, v, g, bias=bias, tile=16, return_weights=True)
+        ref, w_ref = graph_attention(q, k, v, g, bias=bias, tile=16, return_attention_weights=True)
         ref_half = graph_attention(q.half(), k.half(), v.half(), g, bias=bias.half(), tile=16)
     assert half.dtype == torch.float16 and rel_err(half, ref_half) < TOL[torch.float16]
     assert rel_err(out, ref) < 1e-5 and rel_err(w, w_ref) < 1e-5
@@ -293,11 +293,11 @@ def case_split_long_rows(dtype=torch.float32):
     old = tk._MAX_TILES, tk._MAX_CHUNKS
     tk._MAX_TILES, tk._MAX_CHUNKS = 2, 1
     try:
-        g = rules.bigbird(96, block=8, seed=2)
+        g = rules.bigbird(96, block_size=8, seed=2)
         plan, _ = check(tk, g.edge_index, 96, 96, bias=True, dtype=dtype)
         tabs = tk._tables(plan, DEVICE)
         assert tabs.qwork.segments and tabs.kwork.segments
-        g = rules.random(80, keys_per_query=4, seed=5) | rules.global_tokens(80, indices=[0, 41])
+        g = rules.random(80, num_random_keys=4, seed=5) | rules.global_tokens(80, global_indices=[0, 41])
         plan, _ = check(tk, g.edge_index, 80, 80, bias=True, dtype=dtype)
         tabs = tk._tables(plan, DEVICE)
         assert tabs.rwork.segments and tabs.twork.segments
@@ -312,7 +312,7 @@ def case_split_with_dropout_and_heads():
     tk._MAX_TILES, tk._MAX_CHUNKS = 1, 1
     try:
         g = compose.stack_heads([rules.band(64, radius=12),
-                                 rules.random(64, keys_per_query=3, seed=2) | rules.global_tokens(64, indices=[5])])
+                                 rules.random(64, num_random_keys=3, seed=2) | rules.global_tokens(64, global_indices=[5])])
         plan = build_plan(g.edge_index.to(DEVICE), 64, 64, head_mask=g.head_mask.to(DEVICE), tile=16)
         q, k, v = inputs(64, 64)
         key = 987654321987

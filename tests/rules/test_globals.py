@@ -46,7 +46,7 @@ CASES_TOKENS = [
 
 @pytest.mark.parametrize("n,glob", CASES_TOKENS)
 def test_global_tokens_matches_oracle(n, glob):
-    g = global_tokens(n, indices=glob)
+    g = global_tokens(n, global_indices=glob)
     check_sorted_unique(g)
     assert g.num_nodes == n and g.num_tokens == n
     assert g.node_type.tolist() == [int(NodeType.TOKEN)] * n
@@ -64,16 +64,16 @@ def test_global_tokens_matches_oracle(n, glob):
 
 @pytest.mark.parametrize("indices", [[4, 1], (1, 4), torch.tensor([4, 1]), torch.tensor([1, 4], dtype=torch.int32)])
 def test_global_tokens_index_containers(indices):
-    ref = global_tokens(8, indices=[1, 4])
-    assert global_tokens(8, indices=indices).equals(ref)
+    ref = global_tokens(8, global_indices=[1, 4])
+    assert global_tokens(8, global_indices=indices).equals(ref)
 
 
 def test_global_tokens_docstring_example():
-    assert global_tokens(4, indices=[0]).keys_per_query().tolist() == [4, 2, 2, 2]
+    assert global_tokens(4, global_indices=[0]).keys_per_query().tolist() == [4, 2, 2, 2]
 
 
 def test_global_tokens_empty_is_self_loops():
-    g = global_tokens(6, indices=[])
+    g = global_tokens(6, global_indices=[])
     assert g.edge_index.tolist() == [list(range(6)), list(range(6))]
 
 
@@ -81,7 +81,7 @@ def test_global_tokens_empty_is_self_loops():
 @pytest.mark.parametrize("n", [0, 1, 2, 3, 7])
 @pytest.mark.parametrize("count", [0, 1, 2, 4])
 def test_global_nodes_matches_oracle(n, count):
-    g = global_nodes(n, count=count)
+    g = global_nodes(n, num_global=count)
     check_sorted_unique(g)
     total = n + count
     assert g.num_nodes == total and g.num_tokens == n
@@ -93,13 +93,13 @@ def test_global_nodes_matches_oracle(n, count):
 
 
 def test_global_nodes_docstring_example():
-    g = global_nodes(3, count=1)
+    g = global_nodes(3, num_global=1)
     assert (g.num_nodes, g.keys_per_query().tolist()) == (4, [2, 2, 2, 4])
 
 
 def test_global_nodes_every_node_attends_globals_and_globals_attend_all():
     n, count = 9, 3
-    dense = global_nodes(n, count=count).to_dense()
+    dense = global_nodes(n, num_global=count).to_dense()
     assert bool(dense[:, n:].all())       # every node (tokens and globals) attends every global
     assert bool(dense[n:, :].all())       # globals attend every node
     tok = dense[:n, :n]

@@ -165,7 +165,7 @@ def test_dilated_docstring_example():
 @pytest.mark.parametrize("n", SIZES + [16, 17])
 @pytest.mark.parametrize("block", [1, 2, 3, 4, 5, 16, 40])
 def test_block_local_matches_oracle(n, block):
-    g = block_local(n, block=block)
+    g = block_local(n, block_size=block)
     assert_matches(g, n, oracle_pairs(n, lambda i, j: i // block == j // block), EdgeLabel.BLOCK)
     want = [min(block, n - (i // block) * block) for i in range(n)]
     assert g.keys_per_query().tolist() == want
@@ -176,19 +176,19 @@ def test_block_local_matches_oracle(n, block):
 
 
 def test_block_local_block_one_is_self_loops_and_large_block_is_full():
-    assert edge_set(block_local(7, block=1)) == {(i, i) for i in range(7)}
-    assert edge_set(block_local(7, block=7)) == edge_set(full(7))
-    assert edge_set(block_local(7, block=100)) == edge_set(full(7))
+    assert edge_set(block_local(7, block_size=1)) == {(i, i) for i in range(7)}
+    assert edge_set(block_local(7, block_size=7)) == edge_set(full(7))
+    assert edge_set(block_local(7, block_size=100)) == edge_set(full(7))
 
 
 def test_block_local_docstring_example():
-    assert block_local(5, block=2).keys_per_query().tolist() == [2, 2, 2, 2, 1]
+    assert block_local(5, block_size=2).keys_per_query().tolist() == [2, 2, 2, 2, 1]
 
 
 # ----------------------------------------------------------------------------- misc
 @pytest.mark.parametrize("make", [
     lambda n: full(n), lambda n: band(n, radius=2), lambda n: band(n, radius=2, causal=True),
-    lambda n: dilated(n, radius=2, dilation=3), lambda n: block_local(n, block=3),
+    lambda n: dilated(n, radius=2, dilation=3), lambda n: block_local(n, block_size=3),
 ])
 def test_self_loops_present(make):
     for n in (1, 2, 9):

@@ -18,10 +18,10 @@ RULES = {
     "band_wide": (lambda q: rules.band(5, radius=9, queries=q), 5, None),
     "dilated": (lambda q: rules.dilated(17, radius=2, dilation=3, queries=q), 17, None),
     "dilated_causal": (lambda q: rules.dilated(17, radius=2, dilation=3, causal=True, queries=q), 17, None),
-    "block_local": (lambda q: rules.block_local(13, block=4, queries=q), 13, 4),
-    "global_tokens": (lambda q: rules.global_tokens(11, indices=[0, 5, 10], queries=q), 11, None),
-    "global_nodes": (lambda q: rules.global_nodes(7, count=3, queries=q), 7, None),
-    "random": (lambda q: rules.random(15, keys_per_query=4, seed=3, queries=q), 15, None),
+    "block_local": (lambda q: rules.block_local(13, block_size=4, queries=q), 13, 4),
+    "global_tokens": (lambda q: rules.global_tokens(11, global_indices=[0, 5, 10], queries=q), 11, None),
+    "global_nodes": (lambda q: rules.global_nodes(7, num_global=3, queries=q), 7, None),
+    "random": (lambda q: rules.random(15, num_random_keys=4, seed=3, queries=q), 15, None),
     "erdos_renyi": (lambda q: rules.erdos_renyi(15, p=0.3, seed=3, queries=q), 15, None),
     "random_regular": (lambda q: rules.random_regular(14, degree=3, seed=3, queries=q), 14, None),
     "star": (lambda q: rules.star_transformer(6, queries=q), 6, None),
@@ -32,11 +32,11 @@ RULES = {
                                                     queries=q), 14, None),
     "etc": (lambda q: rules.etc(10, num_global=3, radius=2, segments=[3, 3, 4], queries=q), 10, None),
     "etc_all": (lambda q: rules.etc(10, num_global=2, radius=1, max_relative=3, queries=q), 10, None),
-    "bigbird": (lambda q: rules.bigbird(4 * 9 + 3, block=4, seed=1, queries=q), 39, 4),
-    "bigbird_wide": (lambda q: rules.bigbird(3 * 13 + 1, block=3, window_blocks=5, random_blocks=2,
-                                             global_blocks=3, seed=2, queries=q), 40, 3),
-    "bigbird_short": (lambda q: rules.bigbird(10, block=4, seed=1, queries=q), 10, 4),
-    "bigbird_etc": (lambda q: rules.bigbird_etc(4 * 9 + 3, block=4, num_global=2, seed=1, queries=q), 39, 4),
+    "bigbird": (lambda q: rules.bigbird(4 * 9 + 3, block_size=4, seed=1, queries=q), 39, 4),
+    "bigbird_wide": (lambda q: rules.bigbird(3 * 13 + 1, block_size=3, num_window_blocks=5, num_random_blocks=2,
+                                             num_global_blocks=3, seed=2, queries=q), 40, 3),
+    "bigbird_short": (lambda q: rules.bigbird(10, block_size=4, seed=1, queries=q), 10, 4),
+    "bigbird_etc": (lambda q: rules.bigbird_etc(4 * 9 + 3, block_size=4, num_global=2, seed=1, queries=q), 39, 4),
     "bp_transformer": (lambda q: rules.bp_transformer(13, k=2, queries=q), 13, None),
     "bp_transformer_causal": (lambda q: rules.bp_transformer(16, k=1, causal=True, queries=q), 16, None),
 }
@@ -111,8 +111,8 @@ def test_band_sharding_property(data, n, radius, causal):
        random_blocks=st.integers(0, 3), global_blocks=st.integers(0, 3), seed=st.integers(0, 2**31))
 def test_bigbird_sharding_property(data, n, block, half_window, random_blocks, global_blocks, seed):
     q = data.draw(query_range(n))
-    kw = dict(block=block, window_blocks=2 * half_window + 1, random_blocks=random_blocks,
-              global_blocks=global_blocks, seed=seed)
+    kw = dict(block_size=block, num_window_blocks=2 * half_window + 1, num_random_blocks=random_blocks,
+              num_global_blocks=global_blocks, seed=seed)
     whole = rules.bigbird(n, **kw)
     assert rules.bigbird(n, queries=q, **kw).equals(whole.query_slice(q.start, q.stop))
 
@@ -122,5 +122,5 @@ def test_bigbird_sharding_property(data, n, block, half_window, random_blocks, g
 def test_random_sharding_property(data, n, seed):
     r = data.draw(st.integers(0, n - 1))
     q = data.draw(query_range(n))
-    whole = rules.random(n, keys_per_query=r, seed=seed)
-    assert rules.random(n, keys_per_query=r, seed=seed, queries=q).equals(whole.query_slice(q.start, q.stop))
+    whole = rules.random(n, num_random_keys=r, seed=seed)
+    assert rules.random(n, num_random_keys=r, seed=seed, queries=q).equals(whole.query_slice(q.start, q.stop))

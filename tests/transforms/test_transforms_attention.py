@@ -56,7 +56,7 @@ ALL_TRANSFORMS = [
 @pytest.mark.parametrize("make", ALL_TRANSFORMS)
 def test_input_never_mutated(make):
     data = make_graph(9)
-    data = AddAttentionGraph(lambda n: rules.random(n, keys_per_query=1, seed=3))(data)  # existing edges
+    data = AddAttentionGraph(lambda n: rules.random(n, num_random_keys=1, seed=3))(data)  # existing edges
     snap = snapshot(data)
     out = make()(data)
     assert out is not data
@@ -65,9 +65,9 @@ def test_input_never_mutated(make):
 
 def test_add_attention_graph_stores_rule_edges():
     data = make_graph(7)
-    out = AddAttentionGraph(lambda n: rules.bigbird(n, block=2, window_blocks=1, random_blocks=1,
-                                                    global_blocks=1, seed=0))(data)
-    g = rules.bigbird(7, block=2, window_blocks=1, random_blocks=1, global_blocks=1, seed=0)
+    out = AddAttentionGraph(lambda n: rules.bigbird(n, block_size=2, num_window_blocks=1, num_random_blocks=1,
+                                                    num_global_blocks=1, seed=0))(data)
+    g = rules.bigbird(7, block_size=2, num_window_blocks=1, num_random_blocks=1, num_global_blocks=1, seed=0)
     assert torch.equal(out.attn_edge_index, g.edge_index)
     assert torch.equal(out.attn_edge_label, g.edge_label.long())
     assert out.attn_edge_label.dtype == torch.int64
@@ -77,9 +77,9 @@ def test_add_attention_graph_stores_rule_edges():
 def test_add_attention_graph_merges_with_existing_edges():
     data = make_graph(10)
     band = lambda n: rules.band(n, radius=1)  # noqa: E731
-    rand = lambda n: rules.random(n, keys_per_query=2, seed=5)  # noqa: E731
+    rand = lambda n: rules.random(n, num_random_keys=2, seed=5)  # noqa: E731
     out = AddAttentionGraph(rand)(AddAttentionGraph(band)(data))
-    expected = rules.band(10, radius=1) | rules.random(10, keys_per_query=2, seed=5)
+    expected = rules.band(10, radius=1) | rules.random(10, num_random_keys=2, seed=5)
     assert torch.equal(out.attn_edge_index, expected.edge_index)
     assert torch.equal(out.attn_edge_label, expected.edge_label.long())  # band labels win on shared edges
 
@@ -97,7 +97,7 @@ def test_add_attention_graph_errors():
     with pytest.raises(TypeError, match="rule to be a callable"):
         AddAttentionGraph(rules.band(5, radius=1))
     with pytest.raises(ValueError, match="AddVirtualNodes"):
-        AddAttentionGraph(lambda n: rules.global_nodes(n, count=2))(data)
+        AddAttentionGraph(lambda n: rules.global_nodes(n, num_global=2))(data)
     with pytest.raises(ValueError, match="num_nodes=4"):
         AddAttentionGraph(lambda n: rules.band(n - 1, radius=1))(data)
     with pytest.raises(TypeError, match="return an AttentionGraph"):
@@ -265,7 +265,7 @@ def test_virtual_nodes_extend_everything():
     for key in ("edge_index", "edge_attr", "graph_y"):
         assert out[key] is data[key]
     # With no previous attention edges: the star of rules.global_nodes plus self-loops.
-    g = rules.global_nodes(6, count=2)
+    g = rules.global_nodes(6, num_global=2)
     assert torch.equal(out.attn_edge_index, g.edge_index)
     assert torch.equal(out.attn_edge_label, g.edge_label.long())
     # cross_entropy over all nodes ignores the virtual ones

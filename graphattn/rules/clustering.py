@@ -9,10 +9,10 @@ from __future__ import annotations
 import torch
 
 from graphattn._random import seed_key
-from graphattn._validate import check_int
+from graphattn._validate import check_int, renamed_parameters
 from graphattn.graph import AttentionGraph, EdgeLabel
 from graphattn.rules._build import coalesce
-from graphattn.rules.lsh import _check_vectors, _compute_dtype
+from graphattn.rules.hashing import _check_vectors, _compute_dtype
 
 __all__ = ["kmeans", "spherical_kmeans"]
 
@@ -79,20 +79,21 @@ def spherical_kmeans(points: torch.Tensor, *, num_clusters: int, iters: int = 10
     return _kmeans(_unit(points.to(_compute_dtype(points))), num_clusters, iters, gen)
 
 
-def _nearest(sim: torch.Tensor, window: int) -> torch.Tensor:
-    """Per cluster (column), the ``window`` rows of largest similarity; ties to the lower row."""
-    return torch.sort(sim, dim=0, descending=True, stable=True).indices[:window]  # [window, K]
+def _nearest(sim: torch.Tensor, cluster_size: int) -> torch.Tensor:
+    """Per cluster (column), the ``cluster_size`` rows of largest similarity; ties to the lower row."""
+    return torch.sort(sim, dim=0, descending=True, stable=True).indices[:cluster_size]  # [cluster_size, K]
 
 
+@renamed_parameters(window="cluster_size")
 def kmeans(x: torch.Tensor, *, num_clusters: int, keys: torch.Tensor | None = None,
-           window: int | None = None, iters: int = 10, seed=None) -> AttentionGraph:
+           cluster_size: int | None = None, iters: int = 10, seed=None) -> AttentionGraph:
     """Routing attention (Roy, Saffar, Vaswani and Grangier, "Efficient Content-Based Sparse
     Attention with Routing Transformers", TACL 2021) over ``n`` tokens.
 
     Queries ``x`` [n, d] and keys (``keys`` [n, d], default ``x`` itself: shared-QK) are
     unit-normalised; :func:`spherical_kmeans` with ``num_clusters`` clusters runs on the union of
     normalised queries and keys (just the queries when ``keys`` is None). Balanced routing: each
-    cluster ``c`` keeps the ``window`` queries ``Q_c`` and the ``window`` keys ``K_c`` of largest
+    cluster ``c`` keeps the ``cluster_size`` queries ``Q_c`` and the ``cluster_size`` keys ``K_c`` of largest
     cosine similarity to its centroid (ties: lower index), whatever their k-means assignment.
 
     Edge set: query ``i`` attends key ``j`` when ``i in Q_c`` and ``j in K_c`` for some cluster
@@ -100,10 +101,10 @@ def kmeans(x: torch.Tensor, *, num_clusters: int, keys: torch.Tensor | None = No
     every query has at least one key. With ``keys=None``, ``Q_c == K_c``, so every routed query
     also attends itself. Every edge is labelled :attr:`EdgeLabel.CLUSTER`.
 
-    Keys per query: ``window`` per cluster whose query set holds ``i`` (at most
-    ``m_i * window`` for ``m_i`` such clusters, fewer where key sets overlap); 1 for a query in no
-    cluster. ``window`` defaults to ``ceil(n / num_clusters)`` (about ``n / num_clusters`` keys
-    per query, ``num_clusters * window**2`` edges at most) and must lie in ``[1, n]``.
+    Keys per query: ``cluster_size`` per cluster whose query set holds ``i`` (at most
+    ``m_i * cluster_size`` for ``m_i`` such clusters, fewer where key sets overlap); 1 for a query in no
+    cluster. ``cluster_size`` defaults to ``ceil(n / num_clusters)`` (about ``n / num_clusters`` keys
+    per query, ``num_clusters * cluster_size**2`` edges at most) and must lie in ``[1, n]``.
 
     Clustering runs on ``x``'s device in float64 for float64 input, float32 otherwise; the graph
     is returned on the CPU. The Routing Transformer moves centroids by an exponential moving
@@ -124,21 +125,21 @@ def kmeans(x: torch.Tensor, *, num_clusters: int, keys: torch.Tensor | None = No
         if keys.shape != x.shape:
             raise ValueError(f"expected keys of the same shape as x {list(x.shape)}, got {list(keys.shape)}")
     num_clusters, iters = _check_clusters(num_clusters, iters, n)
-    if window is None:
-        window = -(-n // num_clusters)
+    if cluster_size is None:
+        cluster_size = -(-n // num_clusters)
     else:
-        window = check_int("window", window, minimum=1, maximum=n)
+        cluster_size = check_int("cluster_size", cluster_size, minimum=1, maximum=n)
     dtype = _compute_dtype(x)
     q = _unit(x.to(dtype))
     k = q if keys is None else _unit(keys.to(x.device, dtype))
     points = q if keys is None else torch.cat([q, k])
     gen = torch.Generator().manual_seed(seed_key(seed))
     centroids, _ = _kmeans(points, num_clusters, iters, gen)
-    q_sets = _nearest(q @ centroids.T, window).cpu()  # [window, K]
-    k_sets = q_sets if keys is None else _nearest(k @ centroids.T, window).cpu()
-    # every (query in Q_c, key in K_c) pair: [K, window (queries), window (keys)]
-    query = q_sets.T[:, :, None].expand(num_clusters, window, window).reshape(-1)
-    key = k_sets.T[:, None, :].expand(num_clusters, window, window).reshape(-1)
+    q_sets = _nearest(q @ centroids.T, cluster_size).cpu()  # [cluster_size, K]
+    k_sets = q_sets if keys is None else _nearest(k @ centroids.T, cluster_size).cpu()
+    # every (query in Q_c, key in K_c) pair: [K, cluster_size (queries), cluster_size (keys)]
+    query = q_sets.T[:, :, None].expand(num_clusters, cluster_size, cluster_size).reshape(-1)
+    key = k_sets.T[:, None, :].expand(num_clusters, cluster_size, cluster_size).reshape(-1)
     routed = torch.zeros(n, dtype=torch.bool)
     routed[q_sets.reshape(-1)] = True
     lonely = torch.nonzero(~routed).flatten()

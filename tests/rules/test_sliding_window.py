@@ -53,7 +53,7 @@ def test_longformer_matches_oracle(n, radius, d, glob):
     assert g.head_mask is None and g.num_heads is None
     assert labelled_edges(g) == oracle_longformer(n, radius, d, glob)
     # it is the union of its two parts
-    parts = dilated(n, radius=radius, dilation=d) | global_tokens(n, indices=glob)
+    parts = dilated(n, radius=radius, dilation=d) | global_tokens(n, global_indices=glob)
     assert g.equals(parts)
 
 

@@ -44,6 +44,6 @@ def longformer(n: int, *, radius: int, dilation: int | Sequence[int] = 1, global
     dilations = [check_int(f"dilation[{h}]" if per_head else "dilation", d, minimum=1)
                  for h, d in enumerate(dilations)]
     glob = check_index_list("global_indices", global_indices, size=n)
-    globals_ = global_tokens(n, indices=glob, queries=queries)
+    globals_ = global_tokens(n, global_indices=glob, queries=queries)
     heads = [dilated(n, radius=radius, dilation=d, queries=queries) | globals_ for d in dilations]
     return stack_heads(heads) if per_head else heads[0]

@@ -62,7 +62,7 @@ def etc(n: int, *, num_global: int, radius: int, segments: Sequence[int] | None 
     local = band(n, radius=radius, queries=tok_rows).add_nodes(num_global, node_type=NodeType.GLOBAL)
     # long-to-global and global-to-global: each row of the ETC global-node pattern without the
     # global rows' token keys, which global-to-long adds per segment.
-    g = global_nodes(n, count=num_global, queries=queries)
+    g = global_nodes(n, num_global=num_global, queries=queries)
     gkey, gquery = g.edge_index
     keep = (gquery < n) | (gkey >= n)
     glob = g._select(keep)

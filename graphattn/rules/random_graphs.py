@@ -11,30 +11,31 @@ import math
 import torch
 
 from graphattn._random import hash_uniform, sample_without_replacement, seed_key
-from graphattn._validate import check_float, check_int, check_query_range
+from graphattn._validate import check_float, check_int, check_query_range, renamed_parameters
 from graphattn.graph import AttentionGraph, EdgeLabel
 from graphattn.rules._build import coalesce, token_types
 
 __all__ = ["random", "erdos_renyi", "random_regular"]
 
 
-def random(n: int, *, keys_per_query: int, seed=None, queries: range | None = None) -> AttentionGraph:
-    """Random attention (BigBird, Zaheer et al., 2020): each query ``i`` attends ``keys_per_query``
-    distinct keys drawn uniformly without replacement among the other ``n - 1`` tokens, plus
-    itself.
+@renamed_parameters(keys_per_query="num_random_keys")
+def random(n: int, *, num_random_keys: int, seed=None, queries: range | None = None) -> AttentionGraph:
+    """Random attention (BigBird, Zaheer et al., 2020): each query ``i`` attends
+    ``num_random_keys`` distinct keys drawn uniformly without replacement among the other
+    ``n - 1`` tokens, plus itself.
 
-    Keys per query: ``keys_per_query + 1``. Requires ``keys_per_query <= n - 1``.
+    Keys per query: ``num_random_keys + 1``. Requires ``num_random_keys <= n - 1``.
 
-    >>> g = random(6, keys_per_query=2, seed=0)
+    >>> g = random(6, num_random_keys=2, seed=0)
     >>> g.keys_per_query().tolist()
     [3, 3, 3, 3, 3, 3]
-    >>> g.equals(random(6, keys_per_query=2, seed=0))
+    >>> g.equals(random(6, num_random_keys=2, seed=0))
     True
     """
     n = check_int("n", n, minimum=0)
-    r = check_int("keys_per_query", keys_per_query, minimum=0)
+    r = check_int("num_random_keys", num_random_keys, minimum=0)
     if r > max(n - 1, 0):
-        raise ValueError(f"expected keys_per_query <= n - 1 = {max(n - 1, 0)} (other tokens available), got {r}")
+        raise ValueError(f"expected num_random_keys <= n - 1 = {max(n - 1, 0)} (other tokens available), got {r}")
     start, stop = check_query_range(queries, n)
     key = seed_key(seed)
     rows = torch.arange(start, stop)

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from graphattn._random import seed_key
 from graphattn.graph import AttentionGraph, EdgeLabel
-from graphattn.rules.lsh import lsh, lsh_buckets
+from graphattn.rules.hashing import lsh, lsh_buckets
 
 
 # ----------------------------------------------------------------------------- oracles

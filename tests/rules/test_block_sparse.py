@@ -105,7 +105,7 @@ def test_bigbird_default_middle_block_attends_eight_blocks():
 ])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_bigbird_block_structure(n, block, w, r, gb, seed):
-    g = bigbird(n, block=block, window_blocks=w, random_blocks=r, global_blocks=gb, seed=seed)
+    g = bigbird(n, block_size=block, num_window_blocks=w, num_random_blocks=r, num_global_blocks=gb, seed=seed)
     check_bigbird(g, n, block, w, r, gb)
     assert {(i, i) for i in range(n)} <= set(zip(*g.edge_index.tolist()))
 
@@ -113,7 +113,7 @@ def test_bigbird_block_structure(n, block, w, r, gb, seed):
 def test_bigbird_partial_last_block_keys_per_query():
     block, nb = 8, 14
     n = block * (nb - 1) + 3  # the last block holds 3 tokens
-    g = bigbird(n, block=block, seed=4)
+    g = bigbird(n, block_size=block, seed=4)
     kb = block_rows(token_rows(g, n), n, block)
     kpq = g.keys_per_query().tolist()
     size = lambda J: min(block, n - J * block)  # noqa: E731
@@ -127,7 +127,7 @@ def test_bigbird_random_blocks_vary_and_cover_candidates():
     n, block = 4 * 20, 4
     seen = [set() for _ in range(20)]
     for seed in range(40):
-        rand = check_bigbird(bigbird(n, block=block, seed=seed), n, block, 3, 3, 2)
+        rand = check_bigbird(bigbird(n, block_size=block, seed=seed), n, block, 3, 3, 2)
         for I, R in enumerate(rand):
             seen[I] |= R
     glob = {0, 19}
@@ -140,7 +140,7 @@ def test_bigbird_random_blocks_vary_and_cover_candidates():
 @pytest.mark.parametrize("block", [1, 4])
 def test_bigbird_short_sequences_become_full(nb, block):
     for n in {max(1, (nb - 1) * block + 1), nb * block}:
-        g = bigbird(n, block=block, seed=3)
+        g = bigbird(n, block_size=block, seed=3)
         assert -(-n // block) == nb
         assert g.num_edges == n * n and bool(g.to_dense().all())
 
@@ -149,12 +149,12 @@ def test_bigbird_short_sequences_become_full(nb, block):
 def test_bigbird_fewer_blocks_than_attended_is_full(w, r, gb):
     # Documented: with fewer blocks than window + random + global, rows attend every block.
     for nb in range(1, w + r + gb):
-        g = bigbird(nb * 2, block=2, window_blocks=w, random_blocks=r, global_blocks=gb, seed=0)
+        g = bigbird(nb * 2, block_size=2, num_window_blocks=w, num_random_blocks=r, num_global_blocks=gb, seed=0)
         assert bool(g.to_dense().all()), f"not full at {nb} blocks (window {w}, random {r}, global {gb})"
 
 
 def test_bigbird_not_full_beyond_short():
-    g = bigbird(4 * 9, block=4, seed=0)  # 9 blocks: middle blocks attend 8 of them
+    g = bigbird(4 * 9, block_size=4, seed=0)  # 9 blocks: middle blocks attend 8 of them
     assert not bool(g.to_dense().all())
     assert int(g.keys_per_query()[4 * 4]) == 8 * 4
 
@@ -166,11 +166,11 @@ def test_bigbird_small_n(n):
 
 
 def test_bigbird_docstring_example():
-    assert int(bigbird(16 * 8, block=8, seed=0).keys_per_query()[8 * 8]) == 64
+    assert int(bigbird(16 * 8, block_size=8, seed=0).keys_per_query()[8 * 8]) == 64
 
 
 def test_bigbird_seeds():
-    make = lambda seed: bigbird(4 * 24 + 1, block=4, seed=seed)  # noqa: E731
+    make = lambda seed: bigbird(4 * 24 + 1, block_size=4, seed=seed)  # noqa: E731
     assert make(5).equals(make(5))
     graphs = [make(s) for s in range(4)]
     for a, b in itertools.combinations(graphs, 2):
@@ -188,9 +188,9 @@ def test_bigbird_no_random_is_window_plus_global():
 
     n, block = 4 * 12 + 2, 4
     nb = -(-n // block)
-    g = bigbird(n, block=block, random_blocks=0, seed=0)
-    blocks = band(nb, radius=1) | global_tokens(nb, indices=[0, nb - 1])
-    assert g.equals(lift_blocks(blocks, block=block, num_tokens=n))
+    g = bigbird(n, block_size=block, num_random_blocks=0, seed=0)
+    blocks = band(nb, radius=1) | global_tokens(nb, global_indices=[0, nb - 1])
+    assert g.equals(lift_blocks(blocks, block_size=block, num_tokens=n))
 
 
 # ----------------------------------------------------------------------------- BigBird-ETC
@@ -198,7 +198,7 @@ def test_bigbird_no_random_is_window_plus_global():
     (16 * 8, 8, 3, 3, 2), (4 * 20 + 3, 4, 3, 3, 1), (3 * 11, 3, 5, 2, 0), (2 * 9 + 1, 2, 1, 2, 3),
 ])
 def test_bigbird_etc_structure(n, block, w, r, ng):
-    g = bigbird_etc(n, block=block, window_blocks=w, random_blocks=r, num_global=ng, seed=2)
+    g = bigbird_etc(n, block_size=block, num_window_blocks=w, num_random_blocks=r, num_global=ng, seed=2)
     total = n + ng
     assert g.num_nodes == total and g.num_tokens == n
     assert g.node_type.tolist() == [int(NodeType.TOKEN)] * n + [int(NodeType.GLOBAL)] * ng
@@ -232,7 +232,7 @@ def test_bigbird_etc_structure(n, block, w, r, ng):
 
 def test_bigbird_etc_middle_block_counts():
     n, block = 16 * 8, 8
-    g = bigbird_etc(n, block=block, num_global=2, seed=0)
+    g = bigbird_etc(n, block_size=block, num_global=2, seed=0)
     assert g.num_nodes == 130
     kpq = g.keys_per_query()
     for I in range(1, 15):
@@ -243,11 +243,11 @@ def test_bigbird_etc_middle_block_counts():
 
 
 def test_bigbird_etc_seeds_and_small():
-    make = lambda seed: bigbird_etc(4 * 15, block=4, num_global=2, seed=seed)  # noqa: E731
+    make = lambda seed: bigbird_etc(4 * 15, block_size=4, num_global=2, seed=seed)  # noqa: E731
     assert make(3).equals(make(3))
     assert not make(3).equals(make(4))
     for n in (0, 1, 3):
-        g = bigbird_etc(n, block=4, num_global=2, seed=0)
+        g = bigbird_etc(n, block_size=4, num_global=2, seed=0)
         assert g.num_nodes == n + 2 and g.num_edges == (n + 2) ** 2
 
 
@@ -256,7 +256,7 @@ def test_bigbird_random_blocks_uniform_over_candidates():
     nb, seeds, r = 12, range(400), 3
     counts = {J: 0 for J in range(nb)}
     for s in seeds:
-        g = bigbird(nb, block=1, seed=s)
+        g = bigbird(nb, block_size=1, seed=s)
         for J in g.edge_index[0, (g.edge_index[1] == 6) & (g.edge_label == int(EdgeLabel.RANDOM))].tolist():
             counts[J] += 1
     candidates = [J for J in range(nb) if J not in (0, 5, 6, 7, nb - 1)]

@@ -52,7 +52,7 @@ def chi2_stat(counts, expected) -> float:
 # ----------------------------------------------------------------------------- random
 @pytest.mark.parametrize("n,r", [(0, 0), (1, 0), (2, 0), (2, 1), (5, 2), (5, 4), (7, 3), (31, 6), (64, 63)])
 def test_random_rows_have_r_distinct_non_self_keys_plus_self(n, r):
-    g = random(n, keys_per_query=r, seed=123)
+    g = random(n, num_random_keys=r, seed=123)
     check_invariants(g, n)
     assert g.keys_per_query().tolist() == [r + 1] * n
     for i, keys in enumerate(rows_of(g)):
@@ -63,11 +63,11 @@ def test_random_rows_have_r_distinct_non_self_keys_plus_self(n, r):
 
 def test_random_all_other_keys_is_full():
     n = 9
-    assert edge_set(random(n, keys_per_query=n - 1, seed=5)) == edge_set(full(n))
+    assert edge_set(random(n, num_random_keys=n - 1, seed=5)) == edge_set(full(n))
 
 
 def test_random_zero_keys_is_self_loops():
-    g = random(8, keys_per_query=0, seed=5)
+    g = random(8, num_random_keys=0, seed=5)
     assert g.edge_index.tolist() == [list(range(8)), list(range(8))]
 
 
@@ -88,7 +88,7 @@ def pair_chi2(counts: dict, n: int, r: int, num_seeds: int) -> float:
 
 def test_random_uniform_over_query_key_pairs():
     n, r, seeds = 20, 3, range(300)
-    counts = pair_counts(lambda s: rows_of(random(n, keys_per_query=r, seed=s)), n, seeds)
+    counts = pair_counts(lambda s: rows_of(random(n, num_random_keys=r, seed=s)), n, seeds)
     dof = n * (n - 2)  # each row's counts sum to len(seeds) * r
     assert pair_chi2(counts, n, r, len(seeds)) < chi2_upper(dof)
     # The same statistic rejects biased samplers: always the first keys, or the next keys.
@@ -119,7 +119,7 @@ def test_random_uniform_over_key_subsets():
     n, r, seeds = 8, 2, range(0, 8 * 400, 8)
     counts: dict[tuple[int, ...], int] = {}
     for s in seeds:
-        for i, keys in enumerate(rows_of(random(n, keys_per_query=r, seed=s))):
+        for i, keys in enumerate(rows_of(random(n, num_random_keys=r, seed=s))):
             others = tuple(sorted(k - (k > i) for k in keys if k != i))  # rank among the others
             counts[others] = counts.get(others, 0) + 1
     subsets = list(itertools.combinations(range(n - 1), r))
@@ -131,7 +131,7 @@ def test_random_uniform_over_key_subsets():
 
 def test_random_offsets_uniform_in_one_large_graph():
     n, r, buckets = 3000, 8, 30
-    g = random(n, keys_per_query=r, seed=2024)
+    g = random(n, num_random_keys=r, seed=2024)
     key, query = g.edge_index
     off = ((key - query) % n)[key != query]  # in [1, n)
     hist = torch.bincount((off - 1) * buckets // (n - 1), minlength=buckets).tolist()
@@ -155,7 +155,7 @@ def test_seed_and_row_are_not_interchangeable(rule, s1, s2):
     # A hash that combines seed and row by XOR before mixing makes them identical, so the
     # graphs of seeds 0 and 1 are the same graph with rows swapped pairwise.
     n = 64
-    make = (lambda s: random(n, keys_per_query=4, seed=s)) if rule == "random" else (
+    make = (lambda s: random(n, num_random_keys=4, seed=s)) if rule == "random" else (
         lambda s: erdos_renyi(n, p=0.1, seed=s))
     a, b = rows_of(make(s1)), rows_of(make(s2))
     x = s1 ^ s2
@@ -263,7 +263,7 @@ def test_random_regular_varies_with_seed():
 
 # ----------------------------------------------------------------------------- seeds
 RULES = {
-    "random": lambda seed: random(40, keys_per_query=3, seed=seed),
+    "random": lambda seed: random(40, num_random_keys=3, seed=seed),
     "erdos_renyi": lambda seed: erdos_renyi(40, p=0.2, seed=seed),
     "random_regular": lambda seed: random_regular(40, degree=3, seed=seed),
 }

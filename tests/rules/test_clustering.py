@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from graphattn._random import seed_key
 from graphattn.graph import AttentionGraph, EdgeLabel
-from graphattn.rules.kmeans import kmeans, spherical_kmeans
+from graphattn.rules.clustering import kmeans, spherical_kmeans
 
 
 # ----------------------------------------------------------------------------- oracles
@@ -138,7 +138,7 @@ CASES = [
 @pytest.mark.parametrize("n,d,k,w,iters,seed", CASES)
 def test_shared_qk_matches_oracle(n, d, k, w, iters, seed):
     x = torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    g = kmeans(x, num_clusters=k, window=w, iters=iters, seed=seed)
+    g = kmeans(x, num_clusters=k, cluster_size=w, iters=iters, seed=seed)
     check_well_formed(g, n)
     q = unit_rows(x)
     cents, _ = oracle_kmeans(q, k, iters, seed)
@@ -151,7 +151,7 @@ def test_separate_keys_match_oracle(n, d, k, w, iters, seed):
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(n, d, generator=gen, dtype=torch.float64)
     keys = torch.randn(n, d, generator=gen, dtype=torch.float64)
-    g = kmeans(x, num_clusters=k, keys=keys, window=w, iters=iters, seed=seed)
+    g = kmeans(x, num_clusters=k, keys=keys, cluster_size=w, iters=iters, seed=seed)
     check_well_formed(g, n)
     q, kk = unit_rows(x), unit_rows(keys)
     cents, _ = oracle_kmeans(q + kk, k, iters, seed)  # clustered on the union of queries and keys
@@ -165,7 +165,7 @@ def test_random_configurations_balanced(n, d, data, seed):
     k = data.draw(st.integers(1, n))
     w = data.draw(st.one_of(st.none(), st.integers(1, n)))
     x = torch.randn(n, d, generator=torch.Generator().manual_seed(seed % 997), dtype=torch.float64)
-    g = kmeans(x, num_clusters=k, window=w, iters=4, seed=seed)
+    g = kmeans(x, num_clusters=k, cluster_size=w, iters=4, seed=seed)
     check_well_formed(g, n)
     window = w if w is not None else math.ceil(n / k)
     cents, _ = spherical_kmeans(x, num_clusters=k, iters=4, seed=seed)  # same draws as kmeans
@@ -205,7 +205,7 @@ def test_unequal_blobs_with_large_window():
     # that fill the smaller clusters' windows)
     x, group = blobs([3, 5, 8], seed=4)
     n = len(group)
-    g = kmeans(x, num_clusters=3, window=8, seed=0)
+    g = kmeans(x, num_clusters=3, cluster_size=8, seed=0)
     got = edge_set(g)
     for i in range(n):
         for j in range(n):
@@ -216,7 +216,7 @@ def test_unequal_blobs_with_large_window():
 
 def test_unrouted_queries_keep_only_self_loop():
     x, group = blobs([4, 4], seed=3)
-    g = kmeans(x, num_clusters=2, window=1, seed=0)  # only 2 of 8 queries are routed
+    g = kmeans(x, num_clusters=2, cluster_size=1, seed=0)  # only 2 of 8 queries are routed
     check_well_formed(g, 8)
     kpq = g.keys_per_query()
     assert int((kpq == 1).sum()) == 8
@@ -284,12 +284,12 @@ def test_errors():
         kmeans(x, num_clusters=2.0)
     with pytest.raises(ValueError, match="iters >= 0, got -1"):
         kmeans(x, num_clusters=2, iters=-1)
-    with pytest.raises(ValueError, match="window >= 1, got 0"):
-        kmeans(x, num_clusters=2, window=0)
-    with pytest.raises(ValueError, match="window <= 6, got 7"):
-        kmeans(x, num_clusters=2, window=7)
-    with pytest.raises(TypeError, match="window"):
-        kmeans(x, num_clusters=2, window="3")
+    with pytest.raises(ValueError, match="cluster_size >= 1, got 0"):
+        kmeans(x, num_clusters=2, cluster_size=0)
+    with pytest.raises(ValueError, match="cluster_size <= 6, got 7"):
+        kmeans(x, num_clusters=2, cluster_size=7)
+    with pytest.raises(TypeError, match="cluster_size"):
+        kmeans(x, num_clusters=2, cluster_size="3")
     with pytest.raises(TypeError, match="keys"):
         kmeans(x, num_clusters=2, keys=[[0.0] * 3] * 6)
     with pytest.raises(TypeError, match="keys.*floating"):
