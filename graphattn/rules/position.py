@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from graphattn._memory import check_memory, edge_bytes
 from graphattn._validate import check_bool, check_int, check_query_range, renamed_parameters
 from graphattn.compose import lift_blocks
 from graphattn.graph import AttentionGraph, EdgeLabel
@@ -22,6 +23,8 @@ def full(n: int, *, queries: range | None = None) -> AttentionGraph:
     """
     n = check_int("n", n, minimum=0)
     start, stop = check_query_range(queries, n)
+    num_edges = (stop - start) * n
+    check_memory(f"rules.full(n={n}): {num_edges:,} edges", edge_bytes(num_edges))
     query = torch.arange(start, stop).repeat_interleave(n)
     key = torch.arange(n).repeat(stop - start)
     return AttentionGraph._trusted(torch.stack([key, query]), n, token_types(n), EdgeLabel.FULL)
