@@ -120,7 +120,7 @@ def run_study(num_tokens: int = 256, *, model=None, tokenizer=None, text: str | 
               radius: int = 8, seed: int = 0, progress: bool | None = None) -> StudyResult:
     """Run the study (``model``/``tokenizer`` default to MiniLM, ``text`` to the pydoc topics)."""
     from graphattn.analysis import attention_recall, output_error, topk_recall
-    from graphattn.cli import Progress
+    from graphattn._report import Progress
 
     if model is None:
         model, tokenizer = load_minilm()
