@@ -318,7 +318,7 @@ def timings(device="cuda", patterns=("band", "bigbird", "random"), max_n: int = 
     """Measure the cells (default: the priority list of :func:`_cells`); one dict per
     (pattern, n, method, mode) with ``time_s`` etc. or ``skip`` (the reason)."""
     from graphattn.nn import graph_attention
-    from graphattn.nn import triton_kernels
+    from graphattn.nn.triton.tables import get_tables
     from graphattn.nn.backends import Backend, use
     from graphattn.nn.plan import get_plan
 
@@ -367,7 +367,7 @@ def timings(device="cuda", patterns=("band", "bigbird", "random"), max_n: int = 
                         if method.startswith("graphattn"):
                             tile, backend = (128 if method == "graphattn_t128" else 64), Backend.TRITON
                             plan = get_plan(g, n, n, tile=tile, dense_threshold=0.25)
-                            triton_kernels._tables(plan, q.device)
+                            get_tables(plan, q.device)
                             _sync(device)
                             cell["plan"] = f"{plan.dense_tiles:,} tiles, {plan.sparse_edges:,} sparse edges"
                         if method == "gather_scatter":
@@ -480,11 +480,11 @@ def launch_sweep(device="cuda", n: int = 65536, patterns=("band", "bigbird"), bu
     (:data:`graphattn.bench.gpu_compile.SWEEP_CANDIDATES`, applied to all three dense kernels)
     on the benchmark's bf16 graphs at ``n``, forward and forward+backward, next to the launch
     table's own choice (``table``): the measurements the static table
-    (``triton_kernels._DENSE_LAUNCH``, chosen from registers and spills) still lacks.
+    (``graphattn.nn.triton.launch.DENSE_LAUNCH``, chosen from registers and spills) still lacks.
     Candidates that do not fit an SM report the error."""
     from graphattn.bench.gpu_compile import SWEEP_CANDIDATES
     from graphattn.nn import graph_attention
-    from graphattn.nn import triton_kernels as tk
+    from graphattn.nn.triton import launch
     from graphattn.nn.backends import Backend, use
 
     results = []
@@ -501,7 +501,7 @@ def launch_sweep(device="cuda", n: int = 65536, patterns=("band", "bigbird"), bu
                 if budget is not None and budget.left() < 20:
                     cell["skip"] = "time budget"
                     continue
-                old, tk._LAUNCH_OVERRIDE = tk._LAUNCH_OVERRIDE, cand
+                old, launch.LAUNCH_OVERRIDE = launch.LAUNCH_OVERRIDE, cand
                 try:
                     q, k, v = (t.detach().requires_grad_(mode != "fwd") for t in base)
 
@@ -521,7 +521,7 @@ def launch_sweep(device="cuda", n: int = 65536, patterns=("band", "bigbird"), bu
                 except Exception as exc:  # out of resources and the like: report, go on
                     cell["skip"] = _err(exc)
                 finally:
-                    tk._LAUNCH_OVERRIDE = old
+                    launch.LAUNCH_OVERRIDE = old
                     q = k = v = step = None
                 log(f"    launch {pattern} {cell['launch']:18s} {mode:8s} "
                     + (f"{cell['time_s'] * 1e3:9.2f} ms" if "time_s" in cell else cell["skip"]))

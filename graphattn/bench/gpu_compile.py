@@ -3,7 +3,7 @@
 Runs the launches of the GPU benchmark (:mod:`graphattn.bench.gpu`: its exactness graphs in
 fp32 and bf16 and its timed graphs in bf16 with 8 heads x 64, tiles 64 and 128) plus fp16,
 dropout and an odd head dim, forward and backward, under
-:func:`graphattn.nn.triton_aot.compile_only`: every kernel specialisation they launch is
+:func:`graphattn.nn.triton.aot.compile_only`: every kernel specialisation they launch is
 compiled for the target (sm_90 by default: the H100/H200) and reported with its registers,
 spills, shared memory, tensor-core use and whether a block fits the SM. Needs triton (with its
 NVIDIA back end), not a GPU. Nothing is computed: the graphs are small stand-ins with the
@@ -17,7 +17,7 @@ import time
 import torch
 
 from graphattn.bench._timing import format_table
-from graphattn.nn import triton_aot
+from graphattn.nn.triton import aot as triton_aot
 
 __all__ = ["cases", "compile_builds", "build_table", "run", "sweep", "sweep_table"]
 
@@ -47,7 +47,7 @@ def cases(n: int = 4096):
 def _launch_all(plan, heads: int, dim: int, dtype, with_bias: bool, dropout_p: float = 0.0) -> None:
     """Forward and backward through the fused kernels on zero inputs (inside compile_only, this
     compiles every kernel the call launches)."""
-    from graphattn.nn.triton_kernels import FusedGraphAttention
+    from graphattn.nn.triton import FusedGraphAttention
 
     q, k, v = (torch.zeros(n, heads, dim, dtype=dtype, requires_grad=True)
                for n in (plan.num_queries, plan.num_keys, plan.num_keys))
@@ -114,7 +114,7 @@ def sweep(target: triton_aot.Target = triton_aot.H100, tiles=(64, 128), dims=(64
     pipeline stages, then the warp count closest to the conventional one (4 for a 64-tile and 8
     for a 128-tile in half precision, 16 in fp32). Returns ``{class: {kernel: (warps, stages,
     spill bytes, shared bytes)}}`` (kernel None where no candidate fits); ``class`` is the key
-    of ``triton_kernels._DENSE_LAUNCH``."""
+    of ``graphattn.nn.triton.launch.DENSE_LAUNCH``."""
     import itertools
 
     from graphattn import rules
@@ -140,14 +140,14 @@ def sweep(target: triton_aot.Target = triton_aot.H100, tiles=(64, 128), dims=(64
 def _candidate_resources(plan, dim, dtype, bias, cand, target) -> dict:
     """Per dense kernel, (spill bytes, shared bytes, fits) of one launch candidate (the worst of
     its launches: fp32 runs dK/dV as two)."""
-    from graphattn.nn import triton_kernels as tk
+    from graphattn.nn.triton import launch
 
-    old, tk._LAUNCH_OVERRIDE = tk._LAUNCH_OVERRIDE, cand
+    old, launch.LAUNCH_OVERRIDE = launch.LAUNCH_OVERRIDE, cand
     try:
         with triton_aot.compile_only(target) as builds:
             _launch_all(plan, 2, dim, dtype, bias)
     finally:
-        tk._LAUNCH_OVERRIDE = old
+        launch.LAUNCH_OVERRIDE = old
     res = {}
     for bd in builds:
         name = _KERNEL.get(bd.kernel)
@@ -192,7 +192,7 @@ def main(args) -> int:
     if args.sweep:
         chosen = sweep(target, log=log)
         print(sweep_table(chosen))
-        print("\n_DENSE_LAUNCH = {")
+        print("\nDENSE_LAUNCH = {")
         for cls, pick in chosen.items():
             if all(pick.get(k) for k in ("fwd", "dq", "dkdv")):
                 print(f"    {cls}: {{" + ", ".join(f'\"{k}\": {pick[k][:2]}' for k in ("fwd", "dq", "dkdv")) + "},")

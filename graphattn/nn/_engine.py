@@ -19,7 +19,7 @@ import torch
 from graphattn._random import hash_uniform
 from graphattn.nn.plan import DenseGroup, SparsePart, TilingPlan
 
-__all__ = ["GraphAttentionFunction", "attention_weights"]
+__all__ = ["GraphAttentionFunction", "engine_attention", "attention_weights"]
 
 _CELLS = 1 << 20  # score cells per dense chunk (4 MB in fp32): a chunk's scores stay in cache
 
@@ -289,6 +289,15 @@ class GraphAttentionFunction(torch.autograd.Function):
         dq, dk, dv, dbias = backward(grad_out.contiguous(), q, k, v, bias, out, lse, ctx.plan,
                                      ctx.scale, ctx.dropout_p, ctx.drop_key)
         return dq, dk, dv, (dbias if ctx.needs_input_grad[3] else None), None, None, None, None
+
+
+def engine_attention(q, k, v, bias, plan: TilingPlan, scale: float, dropout_p: float, drop_key: int):
+    """The torch backend: ``(out in q's dtype, lse in the accumulation dtype)``; half precision
+    is computed in float32, float64 in float64."""
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    out, lse = GraphAttentionFunction.apply(q.to(acc), k.to(acc), v.to(acc), None if bias is None else bias.to(acc),
+                                            plan, scale, dropout_p, drop_key)
+    return out.to(q.dtype), lse
 
 
 def attention_weights(q, k, bias, scale, lse, edge_index, head_mask=None) -> torch.Tensor:

@@ -9,8 +9,8 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from graphattn._validate import check_float, check_int, renamed_parameters
 from graphattn.graph import AttentionGraph
-from graphattn.nn._engine import GraphAttentionFunction, attention_weights
-from graphattn.nn import backends as _backends  # issue 7: backend dispatch
+from graphattn.nn._engine import attention_weights
+from graphattn.nn import backends as _backends
 from graphattn.nn.plan import _build_plan, get_plan
 
 __all__ = ["graph_attention"]
@@ -190,22 +190,12 @@ def graph_attention(
     if dropout_p == 1.0:
         raise ValueError("expected dropout_p < 1, got 1.0")
     plan = _plan(plan_src, edge_index, nq, nk, tile, dense_threshold)
-    out_dtype = q.dtype
-    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     drop_key = int(torch.randint(0, 2**62, (1,))) if dropout_p > 0 else 0
-    # ---- backend hook (issue 7, graphattn.nn.backends): the fused Triton kernels run CUDA
-    # tensors, or the backend forced with backends.use(...); they take the input dtype as is.
     backend = _backends.select(q, k, v, plan=plan, bias=bias, dropout_p=dropout_p)
-    if backend is not _backends.Backend.TORCH:
-        out, lse = _backends.run(backend, q, k, v, bias, plan, scale, dropout_p, drop_key)
-        qa, ka, ba = q.detach().to(acc), k.detach().to(acc), None if bias is None else bias.detach().to(acc)
-    else:  # ---- end of the backend hook
-        qa, ka, va = q.to(acc), k.to(acc), v.to(acc)
-        ba = None if bias is None else bias.to(acc)
-        out, lse = GraphAttentionFunction.apply(qa, ka, va, ba, plan, scale, dropout_p, drop_key)
-    out = out.to(out_dtype)
+    out, lse = _backends.run(backend, q, k, v, bias, plan, scale, dropout_p, drop_key)
     if not return_attention_weights:
         return out
-    w = attention_weights(qa.detach(), ka.detach(), None if ba is None else ba.detach(), scale,
-                          lse.detach(), edge_index, head_mask)
-    return out, w.to(out_dtype)
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    w = attention_weights(q.detach().to(acc), k.detach().to(acc), None if bias is None else bias.detach().to(acc),
+                          scale, lse.detach().to(acc), edge_index, head_mask)
+    return out, w.to(q.dtype)

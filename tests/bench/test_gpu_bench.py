@@ -57,9 +57,9 @@ def test_cpu_dry_run_reports_every_method():
     by = {(r["method"], r["mode"]): r for r in results}
     assert len(by) == 10 and "band and BigBird only" in by[("graphattn_t128", "fwd")]["skip"]
     # Without a GPU (and outside the interpreter) the Triton backend says why it cannot run ...
-    from graphattn.nn import triton_kernels
+    from graphattn.nn import triton as fused
 
-    if triton_kernels.unavailable_reason("cpu", torch.bfloat16) is not None:
+    if fused.unavailable_reason("cpu", torch.bfloat16) is not None:
         assert "backend TRITON was requested but cannot run" in by[("graphattn", "fwd")]["skip"]
     # ... while the peers run, and FlexAttention's missing CPU backward is reported.
     assert by[("dense_sdpa", "fwd")]["time_s"] > 0 and by[("gather_scatter", "fwd+bwd")]["time_s"] > 0
@@ -72,10 +72,11 @@ def test_launch_sweep_dry_run_reports_each_candidate():
     results = gpu.launch_sweep("cpu", n=256, patterns=("band",), repeats=1, log=lambda *a: None)
     assert len(results) == 2 * (1 + len(SWEEP_CANDIDATES))
     assert results[0]["launch"] == "table" and results[2]["launch"] == "4 warps, 1 stages"
-    from graphattn.nn import triton_kernels
+    from graphattn.nn import triton as fused
+    from graphattn.nn.triton import launch
 
-    assert triton_kernels._LAUNCH_OVERRIDE is None  # restored
-    if triton_kernels.unavailable_reason("cpu", torch.bfloat16) is not None:  # no interpreter here
+    assert launch.LAUNCH_OVERRIDE is None  # restored
+    if fused.unavailable_reason("cpu", torch.bfloat16) is not None:  # no interpreter here
         assert all("backend TRITON was requested but cannot run" in r["skip"] for r in results)
     table = gpu.launch_table(results + [dict(pattern="band", n=256, launch="table", mode="fwd", time_s=0.002),
                                         dict(pattern="band", n=256, launch="4 warps, 1 stages", mode="fwd",

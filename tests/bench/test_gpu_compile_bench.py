@@ -6,7 +6,7 @@ import torch
 
 from graphattn.bench import gpu, gpu_compile
 from graphattn.bench.__main__ import main
-from graphattn.nn import triton_aot
+from graphattn.nn.triton import aot as triton_aot
 
 WHY = triton_aot.unavailable_reason()
 
@@ -47,12 +47,12 @@ def test_report_end_to_end(capsys):
 @pytest.mark.slow
 @pytest.mark.skipif(WHY is not None, reason=f"cannot compile for sm_90 here: {WHY}")
 def test_sweep_reproduces_the_launch_table_for_64_tiles():
-    from graphattn.nn import triton_kernels
+    from graphattn.nn.triton import launch
 
     chosen = gpu_compile.sweep(tiles=(64,), dims=(64,))
     assert set(chosen) == {(fp32, 64, 64, bias) for fp32 in (False, True) for bias in (False, True)}
     for cls, pick in chosen.items():
-        assert {k: v[:2] for k, v in pick.items()} == triton_kernels._DENSE_LAUNCH[cls], cls
+        assert {k: v[:2] for k, v in pick.items()} == launch.DENSE_LAUNCH[cls], cls
         assert all(v[2] == 0 for v in pick.values())  # no spills
     assert "| bf16/fp16 | 64   | 64" in gpu_compile.sweep_table(chosen)
 

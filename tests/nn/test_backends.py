@@ -42,10 +42,66 @@ def test_use_is_per_thread():
     assert seen == [Backend.AUTO]
 
 
-def test_use_rejects_strings():
-    with pytest.raises(TypeError, match="expected backend to be a graphattn.nn.backends.Backend, got str"):
-        with use("triton"):
+def test_use_takes_names_and_rejects_unknown_ones():
+    with use("torch") as b:
+        assert b is Backend.TORCH and backends.current() == "torch"
+    with pytest.raises(ValueError, match="expected a registered backend .* got 'cuda_cpp'"):
+        with use("cuda_cpp"):
             pass
+    with pytest.raises(TypeError, match="expected backend to be a graphattn.nn.backends.Backend or a registered"):
+        with use(3):
+            pass
+
+
+class _RecordingBackend:
+    """A backend written against the interface only: the torch engine behind a call log."""
+
+    auto_devices = ("cpu",)
+
+    def __init__(self, decline=None):
+        self.calls, self.decline = [], decline
+
+    def unavailable_reason(self, q, k, v, *, plan, bias, dropout_p, needs_grad):
+        return self.decline
+
+    def attention(self, q, k, v, bias, plan, scale, dropout_p, drop_key):
+        self.calls.append((tuple(q.shape), plan.num_edges, scale))
+        return backends.get(Backend.TORCH).attention(q, k, v, bias, plan, scale, dropout_p, drop_key)
+
+
+@pytest.fixture
+def registry():
+    saved = dict(backends._REGISTRY)
+    yield
+    backends._REGISTRY.clear()
+    backends._REGISTRY.update(saved)
+
+
+def test_a_new_backend_is_one_registration(registry):
+    rec = _RecordingBackend()
+    backends.register("recording", rec)
+    assert list(backends.registered())[-1] == "recording"
+    q, k, v = qkv(requires_grad=True)
+    g = rules.band(12, radius=2)
+    out = graph_attention(q, k, v, g)  # AUTO tries it on CPU: its auto_devices say so
+    assert rec.calls == [((12, 2, 4), g.num_edges, 0.5)]
+    out.sum().backward()
+    with use("recording"):
+        graph_attention(q, k, v, g, scale=0.25)
+    assert rec.calls[-1][2] == 0.25
+    with pytest.raises(ValueError, match="registered already"):
+        backends.register("recording", _RecordingBackend())
+    with pytest.raises(TypeError, match="implement AttentionBackend"):
+        backends.register("broken", object())
+
+
+def test_a_declining_backend_is_skipped_by_auto_and_explains_when_forced(registry):
+    backends.register("picky", _RecordingBackend(decline="only on Tuesdays"))
+    q, k, v = qkv()
+    g = rules.band(12, radius=2)
+    assert backends.select(q, k, v, plan=build_plan(g.edge_index, 12, 12)) is Backend.TORCH
+    with use("picky"), pytest.raises(RuntimeError, match="backend 'picky' was requested but cannot run: only on Tuesdays"):
+        graph_attention(q, k, v, g)
 
 
 def test_auto_on_cpu_is_the_torch_engine():
@@ -59,9 +115,9 @@ def test_auto_on_cpu_is_the_torch_engine():
 
 
 def test_forced_triton_on_cpu_without_interpreter_says_why():
-    from graphattn.nn import triton_kernels
+    from graphattn.nn import triton as fused
 
-    if triton_kernels.unavailable_reason("cpu", torch.float32) is None:
+    if fused.unavailable_reason("cpu", torch.float32) is None:
         pytest.skip("this process runs the Triton interpreter")
     q, k, v = qkv()
     with use(Backend.TRITON), pytest.raises(RuntimeError, match="backend TRITON was requested but cannot run: "):

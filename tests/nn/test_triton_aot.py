@@ -1,4 +1,4 @@
-"""graphattn.nn.triton_aot: the fused kernels compiled for sm_90 (H100/H200) on this CPU machine.
+"""graphattn.nn.triton.aot: the fused kernels compiled for sm_90 (H100/H200) on this CPU machine.
 
 What the interpreter tests cannot see: that every variant compiles for the GPU, fits an SM,
 does not spill registers in the benchmark's configurations, and that fp32 never reaches the
@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from graphattn import rules
-from graphattn.nn import triton_aot, triton_kernels
+from graphattn.nn import triton as fused
+from graphattn.nn.triton import aot as triton_aot, tables
 from graphattn.nn.plan import build_plan
 
 WHY = triton_aot.unavailable_reason()
@@ -23,14 +24,14 @@ def compile_case(dtype, *, bias=False, dropout_p=0.0, heads=8, dim=64, tile=64, 
     plan = build_plan(g.edge_index, n, n, tile=tile)
     q, k, v = (torch.zeros(n, heads, dim, dtype=dtype, requires_grad=True) for _ in range(3))
     b = torch.zeros(plan.num_edges, heads, requires_grad=True) if bias else None
-    old = triton_kernels._MAX_TILES, triton_kernels._MAX_CHUNKS
-    triton_kernels._MAX_TILES, triton_kernels._MAX_CHUNKS = 4, 2
+    old = tables.MAX_TILES, tables.MAX_CHUNKS
+    tables.MAX_TILES, tables.MAX_CHUNKS = 4, 2
     try:
         with triton_aot.compile_only() as builds:
-            out, _ = triton_kernels.FusedGraphAttention.apply(q, k, v, b, plan, dim ** -0.5, dropout_p, 11)
+            out, _ = fused.FusedGraphAttention.apply(q, k, v, b, plan, dim ** -0.5, dropout_p, 11)
             out.backward(torch.zeros_like(out))
     finally:
-        triton_kernels._MAX_TILES, triton_kernels._MAX_CHUNKS = old
+        tables.MAX_TILES, tables.MAX_CHUNKS = old
     return builds
 
 
@@ -62,7 +63,7 @@ def test_fp32_never_uses_tensor_cores_and_does_not_spill_in_the_dense_kernels():
         if b.kernel in ("_dense_fwd", "_dense_bwd_dkdv") or (b.kernel == "_dense_bwd_dq" and not b.constants["PARTIAL"]):
             assert b.spill_bytes == 0, b
     dkdv = [b for b in builds if b.kernel == "_dense_bwd_dkdv"]
-    # dK and dV in two launches, keys-first (triton_kernels._dense_config)
+    # dK and dV in two launches, keys-first (graphattn.nn.triton.launch.dense_config)
     assert {(b.constants["WANT_DK"], b.constants["WANT_DV"]) for b in dkdv} == {(True, False), (False, True)}
     assert all(b.constants["KEYS_FIRST"] for b in dkdv)
 
@@ -93,7 +94,7 @@ def test_compile_only_restores_triton_state():
 
 
 def test_target_type_error():
-    with pytest.raises(TypeError, match="expected target to be a graphattn.nn.triton_aot.Target, got int"):
+    with pytest.raises(TypeError, match="expected target to be a graphattn.nn.triton.aot.Target, got int"):
         with triton_aot.compile_only(90):
             pass
 
@@ -102,9 +103,9 @@ def test_target_type_error():
                                               (torch.float32, 64, 128), (torch.float32, 16, 64),
                                               (torch.bfloat16, 32, 128)])
 def test_every_supported_class_fits_an_sm(dtype, tile, dim):
-    # The launch table (triton_kernels._DENSE_LAUNCH, from `gpu-compile --sweep`) at its edges:
+    # The launch table (graphattn.nn.triton.launch.DENSE_LAUNCH, from `gpu-compile --sweep`) at its edges:
     # the largest head dims and tiles the backend accepts, and the small tiles' default launch.
-    assert triton_kernels.unavailable_reason("cuda", dtype, tile=tile, head_dims=(dim, dim)) is None
+    assert fused.unavailable_reason("cuda", dtype, tile=tile, head_dims=(dim, dim)) is None
     builds = compile_case(dtype, heads=2, dim=dim, tile=tile, n=4 * tile)
     assert {b.kernel for b in builds} >= {"_dense_fwd", "_dense_bwd_dq", "_dense_bwd_dkdv"}
     for b in builds:
@@ -117,10 +118,10 @@ def test_every_supported_class_fits_an_sm(dtype, tile, dim):
     (torch.float32, 128, 64, "fp32 with a 128-tile spills registers"),
 ])
 def test_classes_without_a_fitting_launch_are_declined(dtype, tile, dim, text):
-    why = triton_kernels.unavailable_reason("cuda", dtype, tile=tile, head_dims=(dim, dim))
+    why = fused.unavailable_reason("cuda", dtype, tile=tile, head_dims=(dim, dim))
     assert why is not None and text in why and "use a plan tile <= 64" in why
     # ... but not when the plan has no dense tiles (only the CSR kernels run)
-    assert triton_kernels.unavailable_reason("cuda", dtype, tile=None, head_dims=(dim, dim)) is None
+    assert fused.unavailable_reason("cuda", dtype, tile=None, head_dims=(dim, dim)) is None
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
@@ -130,7 +131,7 @@ def test_csr_kernels_with_large_chunks_do_not_spill(dtype):
     plan = build_plan(g.edge_index, n, n, tile=64)
     q, k, v = (torch.zeros(n, 2, 256, dtype=dtype, requires_grad=True) for _ in range(3))
     with triton_aot.compile_only() as builds:
-        out, _ = triton_kernels.FusedGraphAttention.apply(q, k, v, None, plan, 0.0625, 0.0, 0)
+        out, _ = fused.FusedGraphAttention.apply(q, k, v, None, plan, 0.0625, 0.0, 0)
         out.backward(torch.zeros_like(out))
     assert {b.kernel for b in builds} == {"_csr_fwd", "_csr_bwd_dq", "_csr_bwd_dkdv"}
     for b in builds:

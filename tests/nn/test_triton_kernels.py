@@ -1,4 +1,4 @@
-"""The fused Triton kernels (graphattn.nn.triton_kernels) under the Triton interpreter on CPU,
+"""The fused Triton kernels (graphattn.nn.triton) under the Triton interpreter on CPU,
 and compiled on CUDA when a GPU is present.
 
 Triton fixes interpreter or compiled mode when it is first imported, so the cases
@@ -20,7 +20,7 @@ import pytest
 import torch
 from triton_cases import CASES
 
-from graphattn.nn import triton_kernels
+from graphattn.nn import triton as fused
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent.parent
@@ -80,16 +80,16 @@ def test_kernel_case_on_cuda(cuda_results, case):
 
 def test_import_without_kernels_and_reasons():
     # Importing the module never loads triton's kernels; the CPU reason says how to get them.
-    assert isinstance(triton_kernels.triton_available(), bool)
-    if not triton_kernels.triton_available():
-        assert "pip install triton" in triton_kernels.triton_unavailable_reason()
-    elif not triton_kernels.interpreted():
-        why = triton_kernels.unavailable_reason("cpu", torch.float32)
+    assert isinstance(fused.triton_available(), bool)
+    if not fused.triton_available():
+        assert "pip install triton" in fused.triton_unavailable_reason()
+    elif not fused.interpreted():
+        why = fused.unavailable_reason("cpu", torch.float32)
         assert "TRITON_INTERPRET=1" in why
-    why = triton_kernels.unavailable_reason("cpu", torch.float64)
+    why = fused.unavailable_reason("cpu", torch.float64)
     assert why is not None
-    if triton_kernels.triton_available():
-        assert "plan tile <= 128, got 256" in triton_kernels.unavailable_reason("cuda", torch.float16, tile=256)
-        assert "head dims <= 256" in triton_kernels.unavailable_reason("cuda", torch.float16, head_dims=(64, 512))
-        assert triton_kernels.unavailable_reason("cuda", torch.bfloat16, tile=64, head_dims=(64, 64)) is None
+    if fused.triton_available():
+        assert "plan tile <= 128, got 256" in fused.unavailable_reason("cuda", torch.float16, tile=256)
+        assert "head dims <= 256" in fused.unavailable_reason("cuda", torch.float16, head_dims=(64, 512))
+        assert fused.unavailable_reason("cuda", torch.bfloat16, tile=64, head_dims=(64, 64)) is None
 

@@ -104,9 +104,15 @@ def check(tk, ei, nq, nk, *, head_mask=None, bias=False, H=2, D=16, Dv=16, dtype
 
 
 def _tk():
-    from graphattn.nn import triton_kernels
+    from graphattn.nn import triton
 
-    return triton_kernels
+    return triton
+
+
+def _tables_mod():
+    from graphattn.nn.triton import tables
+
+    return tables
 
 
 def case_reference(name):
@@ -290,26 +296,28 @@ def case_split_long_rows(dtype=torch.float32):
     # dense query and key blocks (BigBird's global blocks) and sparse rows and key rows (a global
     # token over a random graph), with a bias, against the reference and against the unsplit run.
     tk = _tk()
-    old = tk._MAX_TILES, tk._MAX_CHUNKS
-    tk._MAX_TILES, tk._MAX_CHUNKS = 2, 1
+    tm = _tables_mod()
+    old = tm.MAX_TILES, tm.MAX_CHUNKS
+    tm.MAX_TILES, tm.MAX_CHUNKS = 2, 1
     try:
         g = rules.bigbird(96, block_size=8, seed=2)
         plan, _ = check(tk, g.edge_index, 96, 96, bias=True, dtype=dtype)
-        tabs = tk._tables(plan, DEVICE)
+        tabs = _tables_mod().get_tables(plan, DEVICE)
         assert tabs.qwork.segments and tabs.kwork.segments
         g = rules.random(80, num_random_keys=4, seed=5) | rules.global_tokens(80, global_indices=[0, 41])
         plan, _ = check(tk, g.edge_index, 80, 80, bias=True, dtype=dtype)
-        tabs = tk._tables(plan, DEVICE)
+        tabs = _tables_mod().get_tables(plan, DEVICE)
         assert tabs.rwork.segments and tabs.twork.segments
     finally:
-        tk._MAX_TILES, tk._MAX_CHUNKS = old
+        tm.MAX_TILES, tm.MAX_CHUNKS = old
 
 
 def case_split_with_dropout_and_heads():
     # The split paths replay the torch engine's dropout and honour a per-head layout.
     tk = _tk()
-    old = tk._MAX_TILES, tk._MAX_CHUNKS
-    tk._MAX_TILES, tk._MAX_CHUNKS = 1, 1
+    tm = _tables_mod()
+    old = tm.MAX_TILES, tm.MAX_CHUNKS
+    tm.MAX_TILES, tm.MAX_CHUNKS = 1, 1
     try:
         g = compose.stack_heads([rules.band(64, radius=12),
                                  rules.random(64, num_random_keys=3, seed=2) | rules.global_tokens(64, global_indices=[5])])
@@ -322,10 +330,10 @@ def case_split_with_dropout_and_heads():
         go = torch.randn(ref.shape, generator=torch.Generator().manual_seed(2)).to(DEVICE)
         for a, b in zip(torch.autograd.grad(out, (q, k, v), go), torch.autograd.grad(ref, (q, k, v), go)):
             assert rel_err(a, b) < 1e-5
-        tabs = tk._tables(plan, DEVICE)
+        tabs = _tables_mod().get_tables(plan, DEVICE)
         assert tabs.qwork.segments and tabs.kwork.segments and tabs.rwork.segments and tabs.twork.segments
     finally:
-        tk._MAX_TILES, tk._MAX_CHUNKS = old
+        tm.MAX_TILES, tm.MAX_CHUNKS = old
 
 
 CASES["split-long-rows"] = case_split_long_rows

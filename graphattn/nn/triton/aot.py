@@ -3,7 +3,7 @@
 Triton ships its whole NVIDIA tool chain (the LLVM NVPTX back end, ``ptxas``, ``cuobjdump``),
 so a kernel compiles to a ``cubin`` for any compute capability without a driver or a device.
 :func:`compile_only` makes every kernel launch inside it compile for the target instead of
-running: the launchers of :mod:`graphattn.nn.triton_kernels` run unchanged on CPU tensors
+running: the launchers of :mod:`graphattn.nn.triton` run unchanged on CPU tensors
 (same argument types, alignments and constants as on the GPU), each distinct specialisation is
 compiled once, and its resource usage is read off the cubin. The interpreter tests check what
 the kernels compute; this checks what the interpreter cannot: that every variant compiles for
@@ -13,7 +13,7 @@ whether its matmuls reach the tensor cores (``wgmma`` on sm_90, ``mma`` before).
 Inside the context the kernels' outputs are left unwritten (the launches never run), so the
 numbers the launchers return are garbage; only the compilations are the result.
 
->>> import graphattn.nn.triton_aot as aot
+>>> import graphattn.nn.triton.aot as aot
 >>> aot.H100.arch, aot.H100.max_shared_bytes
 (90, 232448)
 """
@@ -69,12 +69,12 @@ class KernelBuild:
 
 def unavailable_reason(target: Target = H100) -> str | None:
     """Why kernels cannot be compiled for ``target`` here, or None when they can."""
-    from graphattn.nn import triton_kernels
+    from graphattn.nn.triton import runtime
 
-    why = triton_kernels.triton_unavailable_reason()
+    why = runtime.triton_unavailable_reason()
     if why:
         return why
-    if triton_kernels.interpreted():
+    if runtime.interpreted():
         return ("triton runs in interpreter mode in this process (TRITON_INTERPRET=1): compiling needs "
                 "triton imported without it")
     from triton.backends import backends
@@ -141,7 +141,7 @@ def compile_only(target: Target = H100):
     compiling is not possible here (see :func:`unavailable_reason`).
     """
     if not isinstance(target, Target):
-        raise TypeError(f"expected target to be a graphattn.nn.triton_aot.Target, got {type(target).__name__}")
+        raise TypeError(f"expected target to be a graphattn.nn.triton.aot.Target, got {type(target).__name__}")
     why = unavailable_reason(target)
     if why:
         raise RuntimeError(f"cannot compile the Triton kernels for sm_{target.arch}: {why}")

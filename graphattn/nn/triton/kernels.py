@@ -1,8 +1,8 @@
 """The Triton kernels of the fused graph-attention backend (imports triton; internal).
 
-Load this module only through :mod:`graphattn.nn.triton_kernels`, which guards the import and
+Load this module only through :func:`graphattn.nn.triton.runtime.kernels_module`, which guards the import and
 chooses interpreter or compiled mode. Every kernel works on contiguous ``[N, H, D]`` operands
-and on the flat tables that :mod:`graphattn.nn.triton_kernels` derives from a
+and on the flat tables that :mod:`graphattn.nn.triton.tables` derives from a
 :class:`~graphattn.nn.plan.TilingPlan`:
 
 - dense tiles, one list sorted by (query block, key block): ``TK``/``TQ`` key/query block of a
@@ -28,7 +28,7 @@ Dropout reproduces the torch engine's keep-mask bit for bit: the same counter-ba
 try:
     import triton
     import triton.language as tl
-except ImportError:  # importable without triton (doctest collection); triton_kernels checks before use
+except ImportError:  # importable without triton (doctest collection); runtime checks before use
     from types import SimpleNamespace
 
     tl = SimpleNamespace(constexpr=None)
@@ -312,7 +312,7 @@ def _dense_bwd_dkdv(Q, K, V, BIAS, EMAP, MASK, FULL, UNIT, START, STOP, KPERM, T
     (the query blocks that attend it); with PARTIAL into the item's slot (summed afterwards).
     KEYS_FIRST: the tile's scores in [key, query] orientation. WANT_DK / WANT_DV: compute only
     one of the two (fp32 launches twice: its FMA matmuls spill registers when one program holds
-    both accumulators; see triton_kernels._dense_config)."""
+    both accumulators; see graphattn.nn.triton.launch.dense_config)."""
     b, h, hm, kb, u0, u1 = _program(UNIT, START, STOP, PER_HEAD)
     r = tl.arange(0, BLOCK_T)
     dd = tl.arange(0, BLOCK_D)
