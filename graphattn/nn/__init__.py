@@ -1,20 +1,22 @@
-"""Attention layers and functions over attention graphs."""
+"""Attention layers and functions over attention graphs.
 
-from graphattn.nn import functional
+:func:`graph_attention` is the exact engine (any graph, edge biases, per-head layouts,
+cross-attention, repeated edges, a differentiable log-sum-exp); :func:`merge_attention` composes
+partial attentions over disjoint key sets. Layers follow PyG's convolution layout.
+:mod:`graphattn.nn.backends` chooses the implementation (torch engine, Triton kernels,
+FlexAttention, or a registered one).
+"""
+
+from graphattn.nn import backends, functional
 from graphattn.nn.attention import GraphAttention
-from graphattn.nn.functional import graph_attention
-from graphattn.nn.plan import TilingPlan, build_plan
+from graphattn.nn.backends import Backend
+from graphattn.nn.functional import graph_attention, merge_attention
 from graphattn.nn.gps import SparseGPSConv
+from graphattn.nn.lsh import LSHAttention
+from graphattn.nn.plan import TilingPlan, build_plan
+from graphattn.nn.reversible import ReversibleSequence, chunked_feed_forward
+from graphattn.nn.routing import RoutingAttention
 
-__all__ = ["functional", "graph_attention", "GraphAttention", "TilingPlan", "build_plan", "SparseGPSConv"]
-
-from graphattn.nn.lsh import LSHAttention  # noqa: E402
-from graphattn.nn.reversible import ReversibleSequence, chunked_feed_forward  # noqa: E402
-from graphattn.nn.routing import RoutingAttention  # noqa: E402
-
-__all__ += ["LSHAttention", "RoutingAttention", "ReversibleSequence", "chunked_feed_forward"]
-
-from graphattn.nn import backends  # noqa: E402
-from graphattn.nn.backends import Backend  # noqa: E402
-
-__all__ += ["backends", "Backend"]
+__all__ = ["functional", "graph_attention", "merge_attention", "GraphAttention", "TilingPlan", "build_plan",
+           "SparseGPSConv", "LSHAttention", "RoutingAttention", "ReversibleSequence", "chunked_feed_forward",
+           "backends", "Backend"]

@@ -3,10 +3,22 @@
 Forward, per part (a chunk of a dense group: tile matmuls; the sparse CSR part: torch's
 ``sampled_addmm`` and ``spmm`` kernels, per head): scores, a part-local max ``m``, sum ``l`` and
 unnormalised output; parts are merged into the running per-query ``(m, l, out)`` by the
-log-sum-exp rule, as flash attention merges key blocks. Only ``out`` and ``lse = m + log l``
-are kept for the backward, which recomputes every part's probabilities from ``lse`` (flash
-attention's backward: ``dS = P * (dP - rowsum(dO * O))``), so no ``[E, H, D]`` tensor and no
-``[E, H]`` probability tensor is ever stored. Each part's working set is bounded by the plan's
+log-sum-exp rule, as flash attention merges key blocks. Only ``out`` and the per-query ``(m, l)``
+are kept for the backward, which recomputes every part's probabilities as ``exp(s - m) / l``
+(flash attention's backward: ``dS = P * (dP - rowsum(dO * O))``; the gradient of the returned
+``lse = m + log l`` enters as ``dS += P * dlse``), so no ``[E, H, D]`` tensor and no ``[E, H]``
+probability tensor is ever stored.
+
+Exact at any logit scale. A float32 score of magnitude ``|s|`` carries an absolute rounding error
+of about ``|s| * 6e-8``, which becomes a relative error of the probabilities: at ``|s| = 1e4`` it
+is 6e-4, at ``1e8`` the probabilities are noise. So the engine bounds the scores of a call
+(:func:`score_bound`: ``scale * max|q| * max|k| + max|bias|``, no score exceeds it) and computes
+in float64 when the bound exceeds ``FP32_MAX_LOGIT`` (products of float32 numbers are exact in
+float64, so the scores are then right to ``1e-16 * |s|``). The backward recomputes every score
+with the same kernel call on the same operands as the forward (bit for bit), and keeps ``m`` (a
+score itself) apart from ``l``: folding them into ``lse`` rounds ``log l`` by up to half a unit
+in the last place of ``|m|``. torch's fused flash-attention CPU kernels recompute scores in their
+own blocking from their own ``lse``, so they run only float32 calls within ``FP32_MAX_LOGIT``. Each part's working set is bounded by the plan's
 chunking and by ``_CELLS`` below.
 """
 
@@ -19,7 +31,8 @@ import torch
 from graphattn._random import hash_uniform
 from graphattn.nn.plan import DenseGroup, SparsePart, TilingPlan
 
-__all__ = ["GraphAttentionFunction", "engine_attention", "attention_weights"]
+__all__ = ["GraphAttentionFunction", "engine_attention", "attention_weights", "score_bound", "lse_of",
+           "FP32_MAX_LOGIT"]
 
 _CELLS = 1 << 20  # score cells per dense chunk (4 MB in fp32): a chunk's scores stay in cache
 
@@ -64,9 +77,31 @@ _FLASH_CPU = hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cp
     torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward")
 
 
+# Score bound up to which float32 scores keep the probabilities within 1e-4 of float64 (the
+# rounding of |s| <= 1024 is <= 6e-5; measured gradient errors relative to their max: 1.3e-5 at
+# |s| = 300, 4.5e-5 at 4.8e3 and 6.4e-4 at 1.9e4, band radius 40, head dim 64).
+FP32_MAX_LOGIT = 1024.0
+
+
+def score_bound(q: torch.Tensor, k: torch.Tensor, scale: float, bias: torch.Tensor | None = None) -> float:
+    """``|scale| * max_h (max_i |q_ih| * max_j |k_jh|) + max |finite bias|``: no score of the
+    call exceeds it in magnitude (Cauchy-Schwarz). Norms in float32 at least, so half inputs do
+    not overflow; ``inf`` when a norm overflows, ``nan`` when an input holds NaN."""
+    bound = 0.0
+    if q.numel() and k.numel():
+        dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+        qn = torch.linalg.vector_norm(q.detach(), dim=-1, dtype=dtype).amax(0)
+        kn = torch.linalg.vector_norm(k.detach(), dim=-1, dtype=dtype).amax(0)
+        bound = float((qn * kn).amax()) * abs(scale)
+    if bias is not None and bias.numel():
+        finite = torch.where(torch.isinf(bias), torch.zeros_like(bias), bias.detach())
+        bound += float(finite.abs().amax())
+    return bound
+
+
 def _use_flash(q, v, bias, dropout_p) -> bool:
-    return (_FLASH_CPU and q.device.type == "cpu" and bias is None and not dropout_p
-            and q.shape[-1] == v.shape[-1])
+    return (_FLASH_CPU and q.device.type == "cpu" and q.dtype == torch.float32 and bias is None
+            and not dropout_p and q.shape[-1] == v.shape[-1])
 
 
 def _additive_mask(group: DenseGroup, g0: int, g1: int, dtype) -> torch.Tensor:
@@ -137,14 +172,15 @@ def _merge(out, m, l, rows, o_part, m_part, l_part):
     out[rows] = out[rows] * a[..., None] + o_part * b[..., None]
 
 
-def forward(q, k, v, bias, plan: TilingPlan, scale: float, dropout_p: float, drop_key: int):
+def forward(q, k, v, bias, plan: TilingPlan, scale: float, dropout_p: float, drop_key: int, flash: bool):
+    """``(out, m, l)``: the normalised output and each query's score max and sum of
+    ``exp(s - m)`` (``m = -inf``, ``l = 0`` for a query without keys)."""
     nq, H = q.shape[0], q.shape[1]
     nk, T = k.shape[0], plan.tile
     acc = q.dtype
     out = torch.zeros(nq, H, v.shape[-1], dtype=acc, device=q.device)
     m = torch.full((nq, H), float("-inf"), dtype=acc, device=q.device)
     l = torch.zeros(nq, H, dtype=acc, device=q.device)
-    flash = _use_flash(q, v, bias, dropout_p)
     for group in plan.dense:
         for g0, g1, lo, hi in _dense_chunks(group, T, H):
             qc, kc, qraw, kraw = _dense_indices(group, g0, g1, T, nq, nk)
@@ -197,21 +233,34 @@ def forward(q, k, v, bias, plan: TilingPlan, scale: float, dropout_p: float, dro
             _merge(out, m, l, slice(None), o_s, m_s, l_s)
         else:
             out, m, l = o_s, m_s, l_s
-    lse = torch.where(l > 0, m + torch.log(l), torch.full_like(m, float("-inf")))
     # Rows without keys have l == 0 and out == 0: dividing by 1 there leaves the zeros.
     out.div_(torch.where(l > 0, l, torch.ones_like(l))[..., None])
-    return out, lse
+    return out, m, l
 
 
-def backward(grad_out, q, k, v, bias, out, lse, plan: TilingPlan, scale, dropout_p, drop_key):
+def lse_of(m: torch.Tensor, l: torch.Tensor) -> torch.Tensor:
+    """``m + log l``, ``-inf`` where ``l == 0`` (a query without keys)."""
+    has = l > 0
+    return torch.where(has, m + torch.log(torch.where(has, l, torch.ones_like(l))), torch.full_like(m, float("-inf")))
+
+
+def backward(grad_out, grad_lse, q, k, v, bias, out, m, l, plan: TilingPlan, scale, dropout_p, drop_key, flash: bool):
     nq, H = q.shape[0], q.shape[1]
     nk, T = k.shape[0], plan.tile
     Dv = v.shape[-1]
     dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
     dbias = torch.zeros(plan.num_edges, H, dtype=q.dtype, device=q.device) if bias is not None else None
     delta = (grad_out * out).sum(-1)  # [nq, H]
-    lse_safe = torch.where(torch.isinf(lse), torch.full_like(lse, float("inf")), lse)
-    flash = _use_flash(q, v, bias, dropout_p)
+    has = l > 0
+    if grad_lse is not None:
+        # d lse / d s_ij = P_ij, so the lse gradient adds P * dlse to dS: delta - dlse. torch's
+        # flash backward computes delta itself, so it cannot take it.
+        delta = delta - torch.where(has, grad_lse, torch.zeros_like(grad_lse))
+        flash = False
+    # P = exp(s - m) / l; rows without keys get m = +inf and 1/l = 0, so P = 0 there.
+    m_safe = torch.where(has, m, torch.full_like(m, float("inf")))
+    inv_l = torch.where(has, 1.0 / torch.where(has, l, torch.ones_like(l)), torch.zeros_like(l))
+    lse_safe = torch.where(has, lse_of(m, l), torch.full_like(m, float("inf")))
     for group in plan.dense:
         for g0, g1, lo, hi in _dense_chunks(group, T, H):
             qc, kc, qraw, kraw = _dense_indices(group, g0, g1, T, nq, nk)
@@ -228,8 +277,8 @@ def backward(grad_out, q, k, v, bias, out, lse, plan: TilingPlan, scale, dropout
                 dv.index_add_(0, kc.reshape(-1), dVg.permute(0, 2, 1, 3).reshape(-1, H, Dv))
                 continue
             S, Qg, Kg = _dense_scores(q, k, group, g0, g1, lo, hi, qc, kc, bias, scale)
-            L = lse_safe[qc].transpose(1, 2)  # [G, H, T]
-            P = S.sub_(L[..., None]).exp_()
+            M = m_safe[qc].transpose(1, 2)  # [G, H, T]
+            P = S.sub_(M[..., None]).exp_().mul_(inv_l[qc].transpose(1, 2)[..., None])
             P.masked_fill_(qraw[:, None, :, None] >= nq, 0.0)  # rows clamped from a partial block
             dO = grad_out[qc].transpose(1, 2)  # [G, H, T, Dv]
             Vg = v[kc].transpose(1, 2)
@@ -257,7 +306,7 @@ def backward(grad_out, q, k, v, bias, out, lse, plan: TilingPlan, scale, dropout
         vh = v.transpose(0, 1).contiguous()
         for h in range(H):
             s = sp.scores(h, bias, scale)
-            P = torch.exp(s - lse_safe[sp.rows, h])
+            P = torch.exp(s - m_safe[sp.rows, h]) * inv_l[sp.rows, h]
             keep = sp.keep(drop_key, h, dropout_p) if dropout_p else None
             Pd = P if keep is None else P * keep
             dO = grad_out[:, h].contiguous()
@@ -277,26 +326,35 @@ class GraphAttentionFunction(torch.autograd.Function):
     """``out = softmax_over_edges(q k^T * scale + bias) v`` with a recomputing backward."""
 
     @staticmethod
-    def forward(ctx, q, k, v, bias, plan, scale, dropout_p, drop_key):
-        out, lse = forward(q, k, v, bias, plan, scale, dropout_p, drop_key)
-        ctx.save_for_backward(q, k, v, bias, out, lse)
-        ctx.plan, ctx.scale, ctx.dropout_p, ctx.drop_key = plan, scale, dropout_p, drop_key
-        return out, lse
+    def forward(ctx, q, k, v, bias, plan, scale, dropout_p, drop_key, bound=None):
+        if bound is None:
+            bound = score_bound(q, k, scale, bias)
+        flash = _use_flash(q, v, bias, dropout_p) and bound <= FP32_MAX_LOGIT
+        out, m, l = forward(q, k, v, bias, plan, scale, dropout_p, drop_key, flash)
+        ctx.save_for_backward(q, k, v, bias, out, m, l)
+        ctx.plan, ctx.scale, ctx.dropout_p, ctx.drop_key, ctx.flash = plan, scale, dropout_p, drop_key, flash
+        ctx.set_materialize_grads(False)
+        return out, lse_of(m, l)
 
     @staticmethod
     def backward(ctx, grad_out, grad_lse):
-        q, k, v, bias, out, lse = ctx.saved_tensors
-        dq, dk, dv, dbias = backward(grad_out.contiguous(), q, k, v, bias, out, lse, ctx.plan,
-                                     ctx.scale, ctx.dropout_p, ctx.drop_key)
-        return dq, dk, dv, (dbias if ctx.needs_input_grad[3] else None), None, None, None, None
+        q, k, v, bias, out, m, l = ctx.saved_tensors
+        grad_out = torch.zeros_like(out) if grad_out is None else grad_out.contiguous()
+        dq, dk, dv, dbias = backward(grad_out, grad_lse, q, k, v, bias, out, m, l, ctx.plan,
+                                     ctx.scale, ctx.dropout_p, ctx.drop_key, ctx.flash)
+        return dq, dk, dv, (dbias if ctx.needs_input_grad[3] else None), None, None, None, None, None
 
 
-def engine_attention(q, k, v, bias, plan: TilingPlan, scale: float, dropout_p: float, drop_key: int):
-    """The torch backend: ``(out in q's dtype, lse in the accumulation dtype)``; half precision
-    is computed in float32, float64 in float64."""
-    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+def engine_attention(q, k, v, bias, plan: TilingPlan, scale: float, dropout_p: float, drop_key: int,
+                     bound: float | None = None):
+    """The torch backend: ``(out in q's dtype, lse in the accumulation dtype)``. Half precision
+    and float32 are computed in float32, or in float64 when the call's :func:`score_bound`
+    exceeds ``FP32_MAX_LOGIT``; float64 in float64."""
+    if bound is None:
+        bound = score_bound(q, k, scale, bias)
+    acc = torch.float64 if q.dtype == torch.float64 or not bound <= FP32_MAX_LOGIT else torch.float32
     out, lse = GraphAttentionFunction.apply(q.to(acc), k.to(acc), v.to(acc), None if bias is None else bias.to(acc),
-                                            plan, scale, dropout_p, drop_key)
+                                            plan, scale, dropout_p, drop_key, bound)
     return out.to(q.dtype), lse
 
 

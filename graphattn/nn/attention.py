@@ -47,9 +47,11 @@ class GraphAttention(nn.Module):
 
     with ``b`` a learned per-head bias of the graph's relative-position id ``r(j, i)`` (when the
     layer has ``num_relative`` and the graph carries ``relative``, e.g. :func:`rules.etc`) and
-    ``beta`` an optional per-call ``edge_bias``. A per-head layout (``graph.head_mask``) restricts
-    head ``h`` to its own edges. Laid out like a PyG conv: it also runs as
-    ``forward(x, edge_index)`` inside ``torch_geometric.nn.Sequential``.
+    ``beta`` an optional per-call ``edge_bias``. A per-head layout (``graph.head_mask``, or
+    ``head_mask`` with an edge_index) restricts head ``h`` to its own edges. Laid out like a PyG
+    conv: it also runs as ``forward(x, edge_index)`` inside ``torch_geometric.nn.Sequential``;
+    an edge_index may repeat edges (each copy is one more message, as in PyG's
+    ``TransformerConv``).
 
     Args:
         embed_dim: model width ``E`` (= ``num_heads * head_dim``).
@@ -64,6 +66,7 @@ class GraphAttention(nn.Module):
         - **graph**: AttentionGraph over ``N`` nodes, or ``edge_index [2, num_edges]``
         - **x_kv** (optional): ``[Nk, kdim]`` or ``[B, Nk, kdim]``; keys/values come from it
         - **edge_bias** (optional): ``[num_edges, H]``
+        - **head_mask** (optional, with an edge_index): bool ``[num_edges, H]``
         - **output**: like ``x``; with ``return_attention_weights=True`` also the weights
           ``[num_edges, H]`` (``[B, num_edges, H]`` for batched input)
     """
@@ -105,7 +108,8 @@ class GraphAttention(nn.Module):
 
     @renamed_parameters(return_attention="return_attention_weights")
     def forward(self, x: torch.Tensor, graph, *, x_kv: torch.Tensor | None = None,
-                edge_bias: torch.Tensor | None = None, return_attention_weights: bool = False):
+                edge_bias: torch.Tensor | None = None, head_mask: torch.Tensor | None = None,
+                return_attention_weights: bool = False):
         if not isinstance(x, torch.Tensor) or x.dim() not in (2, 3):
             raise ValueError(f"expected x of shape [N, E] or [B, N, E], got "
                              f"{list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
@@ -125,7 +129,7 @@ class GraphAttention(nn.Module):
         dropout = self.dropout if self.training else 0.0
         per_head = isinstance(graph, AttentionGraph) and graph.head_mask is not None
         if B == 1 or per_head:
-            results = [graph_attention(q[b], k[b], v[b], graph, bias=bias, dropout_p=dropout,
+            results = [graph_attention(q[b], k[b], v[b], graph, bias=bias, head_mask=head_mask, dropout_p=dropout,
                                        return_attention_weights=return_attention_weights) for b in range(B)]
             outs = [r[0] if return_attention_weights else r for r in results]
             out = torch.stack(outs)
@@ -133,8 +137,9 @@ class GraphAttention(nn.Module):
         else:
             # One graph shared by the batch: fold the batch into the heads (one plan, one call).
             fb = None if bias is None else bias.repeat(1, B)
-            res = graph_attention(fold_batch(q), fold_batch(k), fold_batch(v), graph, bias=fb, dropout_p=dropout,
-                                  return_attention_weights=return_attention_weights)
+            fh = None if head_mask is None else head_mask.repeat(1, B)
+            res = graph_attention(fold_batch(q), fold_batch(k), fold_batch(v), graph, bias=fb, head_mask=fh,
+                                  dropout_p=dropout, return_attention_weights=return_attention_weights)
             out, weights = unfold_batch(res if return_attention_weights else (res, None), B)
         return self._output(out, weights, batched, return_attention_weights)
 

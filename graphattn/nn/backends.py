@@ -3,10 +3,12 @@
 A *backend* is one object registered under a name. It implements the :class:`AttentionBackend`
 interface:
 
-- ``unavailable_reason(q, k, v, *, plan, bias, dropout_p, needs_grad) -> str | None``: why it
-  cannot run this call exactly (device, dtype, the plan's tile, head dims, dropout, a missing
-  backward), or None when it can. A backend never runs a call it declines.
-- ``attention(q, k, v, bias, plan, scale, dropout_p, drop_key) -> (out, lse)``: the forward
+- ``unavailable_reason(q, k, v, *, plan, bias, dropout_p, needs_grad, score_bound) -> str | None``:
+  why it cannot run this call exactly (device, dtype, the plan's tile, head dims, dropout, a
+  missing backward, scores beyond the range its arithmetic keeps exact), or None when it can. A
+  backend never runs a call it declines. ``score_bound`` bounds every score of the call
+  (:func:`graphattn.nn._engine.score_bound`: ``scale * max|q| * max|k| + max|bias|``).
+- ``attention(q, k, v, bias, plan, scale, dropout_p, drop_key, score_bound) -> (out, lse)``: the forward
   over a :class:`~graphattn.nn.plan.TilingPlan`: ``out [Nq, H, Dv]`` and ``lse [Nq, H]`` (the
   natural-log log-sum-exp of each query's scores, ``-inf`` for a query without keys, whose
   output is zero), both differentiable with respect to ``q``, ``k``, ``v`` and ``bias``: the
@@ -76,11 +78,12 @@ class AttentionBackend(Protocol):
     auto_devices: tuple[str, ...]
 
     def unavailable_reason(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, plan,
-                           bias: torch.Tensor | None, dropout_p: float, needs_grad: bool) -> str | None:
+                           bias: torch.Tensor | None, dropout_p: float, needs_grad: bool,
+                           score_bound: float) -> str | None:
         ...
 
     def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None, plan,
-                  scale: float, dropout_p: float, drop_key: int) -> tuple[torch.Tensor, torch.Tensor]:
+                  scale: float, dropout_p: float, drop_key: int, score_bound: float) -> tuple[torch.Tensor, torch.Tensor]:
         ...
 
 
@@ -157,25 +160,38 @@ def _needs_grad(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+def _bound(q, k, bias, scale, score_bound):
+    if score_bound is not None:
+        return score_bound
+    from graphattn.nn._engine import score_bound as bound
+
+    return bound(q, k, q.shape[-1] ** -0.5 if scale is None else scale, bias)
+
+
 def unavailable_reason(backend, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, plan,
-                       bias=None, dropout_p: float = 0.0) -> str | None:
+                       bias=None, dropout_p: float = 0.0, scale: float | None = None,
+                       score_bound: float | None = None) -> str | None:
     """Why ``backend`` cannot run this call, or None when it can."""
     if _canonical(backend) is Backend.AUTO:
         return None
     return get(backend).unavailable_reason(q, k, v, plan=plan, bias=bias, dropout_p=dropout_p,
-                                           needs_grad=_needs_grad(q, k, v, bias))
+                                           needs_grad=_needs_grad(q, k, v, bias),
+                                           score_bound=_bound(q, k, bias, scale, score_bound))
 
 
-def select(q, k, v, *, plan, bias=None, dropout_p: float = 0.0):
+def select(q, k, v, *, plan, bias=None, dropout_p: float = 0.0, scale: float | None = None,
+           score_bound: float | None = None):
     """The backend that runs this call: the forced one (or a RuntimeError saying why it cannot
     run), else the automatic choice."""
+    score_bound = _bound(q, k, bias, scale, score_bound)
     backend = current()
     if backend is Backend.AUTO:
         device = q.device.type
         for name, impl in _REGISTRY.items():
             if name == Backend.TORCH.value or device not in impl.auto_devices:
                 continue
-            why = unavailable_reason(name, q, k, v, plan=plan, bias=bias, dropout_p=dropout_p)
+            why = unavailable_reason(name, q, k, v, plan=plan, bias=bias, dropout_p=dropout_p,
+                                     score_bound=score_bound)
             if why is None:
                 return _canonical(name)
             if device == "cuda" and why not in _warned:
@@ -183,44 +199,62 @@ def select(q, k, v, *, plan, bias=None, dropout_p: float = 0.0):
                 warnings.warn(f"graphattn: CUDA tensors run on the torch engine because the {name} backend "
                               f"cannot: {why}", RuntimeWarning, stacklevel=3)
         return Backend.TORCH
-    why = unavailable_reason(backend, q, k, v, plan=plan, bias=bias, dropout_p=dropout_p)
+    why = unavailable_reason(backend, q, k, v, plan=plan, bias=bias, dropout_p=dropout_p, score_bound=score_bound)
     if why is not None:
         label = backend.name if isinstance(backend, Backend) else repr(backend)
         raise RuntimeError(f"graphattn backend {label} was requested but cannot run: {why}")
     return backend
 
 
-def run(backend, q, k, v, bias, plan, scale: float, dropout_p: float, drop_key: int):
+def run(backend, q, k, v, bias, plan, scale: float, dropout_p: float, drop_key: int,
+        score_bound: float | None = None):
     """``(out [Nq, H, Dv], lse [Nq, H])`` of ``backend``, differentiable through both."""
-    return get(backend).attention(q, k, v, bias, plan, scale, dropout_p, drop_key)
+    return get(backend).attention(q, k, v, bias, plan, scale, dropout_p, drop_key,
+                                  _bound(q, k, bias, scale, score_bound))
 
 
 # ---------------------------------------------------------------------------------------------
 # The built-in backends. Each imports its implementation on first use, so triton stays optional.
 
 
+# Score bounds up to which a backend that computes float32 scores stays exact: 1e-4 relative for
+# float32 inputs (graphattn.nn._engine.FP32_MAX_LOGIT), the half dtypes' own tolerance for bf16 /
+# fp16 inputs (probabilities rounded to the input dtype already carry 4e-3).
+_FP32_SCORE_LIMITS = {torch.float32: 1024.0, torch.bfloat16: 16384.0, torch.float16: 16384.0}
+
+
+def fp32_score_reason(q: torch.Tensor, score_bound: float) -> str | None:
+    """Why a backend with float32 scores cannot run a call whose scores reach ``score_bound``."""
+    limit = _FP32_SCORE_LIMITS.get(q.dtype)
+    if limit is not None and not score_bound <= limit:
+        return (f"scores up to {score_bound:.3g} exceed the {limit:g} within which float32 scores are exact "
+                f"for {q.dtype} inputs (the torch engine computes them in float64)")
+    return None
+
+
 class _TorchBackend:
     auto_devices: tuple[str, ...] = ()
 
-    def unavailable_reason(self, q, k, v, *, plan, bias, dropout_p, needs_grad):
+    def unavailable_reason(self, q, k, v, *, plan, bias, dropout_p, needs_grad, score_bound):
         return None
 
-    def attention(self, q, k, v, bias, plan, scale, dropout_p, drop_key):
+    def attention(self, q, k, v, bias, plan, scale, dropout_p, drop_key, score_bound):
         from graphattn.nn._engine import engine_attention
 
-        return engine_attention(q, k, v, bias, plan, scale, dropout_p, drop_key)
+        return engine_attention(q, k, v, bias, plan, scale, dropout_p, drop_key, score_bound)
 
 
 class _TritonBackend:
     auto_devices = ("cuda",)
 
-    def unavailable_reason(self, q, k, v, *, plan, bias, dropout_p, needs_grad):
+    def unavailable_reason(self, q, k, v, *, plan, bias, dropout_p, needs_grad, score_bound):
         from graphattn.nn import triton
 
-        return triton.unavailable_reason(q.device, q.dtype, tile=plan.tile if plan.dense else None,
-                                         head_dims=(q.shape[-1], v.shape[-1]))
+        return (triton.unavailable_reason(q.device, q.dtype, tile=plan.tile if plan.dense else None,
+                                          head_dims=(q.shape[-1], v.shape[-1]))
+                or fp32_score_reason(q, score_bound))
 
-    def attention(self, q, k, v, bias, plan, scale, dropout_p, drop_key):
+    def attention(self, q, k, v, bias, plan, scale, dropout_p, drop_key, score_bound):
         from graphattn.nn.triton import fused_attention
 
         return fused_attention(q, k, v, plan, bias=bias, scale=scale, dropout_p=dropout_p, drop_key=drop_key)
@@ -229,12 +263,13 @@ class _TritonBackend:
 class _FlexBackend:
     auto_devices: tuple[str, ...] = ()
 
-    def unavailable_reason(self, q, k, v, *, plan, bias, dropout_p, needs_grad):
+    def unavailable_reason(self, q, k, v, *, plan, bias, dropout_p, needs_grad, score_bound):
         from graphattn.nn import flex
 
-        return flex.unavailable_reason(q, plan=plan, bias=bias, dropout_p=dropout_p, needs_grad=needs_grad)
+        return (flex.unavailable_reason(q, plan=plan, bias=bias, dropout_p=dropout_p, needs_grad=needs_grad)
+                or fp32_score_reason(q, score_bound))
 
-    def attention(self, q, k, v, bias, plan, scale, dropout_p, drop_key):
+    def attention(self, q, k, v, bias, plan, scale, dropout_p, drop_key, score_bound):
         from graphattn.nn.flex import flex_graph_attention
 
         return flex_graph_attention(q, k, v, plan, bias=bias, scale=scale)

@@ -23,7 +23,7 @@ import torch
 
 from graphattn._validate import check_float, check_int
 
-__all__ = ["DenseGroup", "SparsePart", "TilingPlan", "build_plan", "get_plan"]
+__all__ = ["DenseGroup", "SparsePart", "TilingPlan", "build_plan", "get_plan", "plan_bytes"]
 
 
 @dataclass
@@ -277,6 +277,18 @@ def _build_plan(edge_index, num_queries: int, num_keys: int, head_mask, tile, de
                    else torch.empty(0, dtype=torch.bool, device=device))
         plan.sparse = SparsePart(crow, s_k, s_eid, t_crow, s_q[t_perm], t_perm, allowed)
     return plan
+
+
+def plan_bytes(num_edges: int, num_queries: int, num_keys: int, *, tile: int = 64,
+               dense_threshold: float = 0.25, heads: int = 1) -> int:
+    """An upper estimate of the bytes a plan of ``num_edges`` edges takes while it is built:
+    per edge about six int64 words (tile codes and sort keys, positions and edge ids of the
+    dense part, or the CSR's columns, ids, transpose and permutation), the dense tiles' bitmaps
+    (a dense tile holds at least ``dense_threshold`` of its cells, so at most ``E /
+    dense_threshold`` bitmap bytes per head), and the per-row and per-block pointers."""
+    per_edge = 6 * 8 + heads / max(dense_threshold, 1.0 / (tile * tile))
+    blocks = (-(-num_queries // tile)) * 16 + (-(-num_keys // tile)) * 16
+    return int(num_edges * per_edge) + (num_queries + num_keys + 2) * 8 * 2 + blocks
 
 
 def get_plan(graph, num_queries: int, num_keys: int, *, tile: int = 64, dense_threshold: float = 0.25) -> TilingPlan:

@@ -61,12 +61,12 @@ class _RecordingBackend:
     def __init__(self, decline=None):
         self.calls, self.decline = [], decline
 
-    def unavailable_reason(self, q, k, v, *, plan, bias, dropout_p, needs_grad):
+    def unavailable_reason(self, q, k, v, *, plan, bias, dropout_p, needs_grad, score_bound):
         return self.decline
 
-    def attention(self, q, k, v, bias, plan, scale, dropout_p, drop_key):
+    def attention(self, q, k, v, bias, plan, scale, dropout_p, drop_key, score_bound):
         self.calls.append((tuple(q.shape), plan.num_edges, scale))
-        return backends.get(Backend.TORCH).attention(q, k, v, bias, plan, scale, dropout_p, drop_key)
+        return backends.get(Backend.TORCH).attention(q, k, v, bias, plan, scale, dropout_p, drop_key, score_bound)
 
 
 @pytest.fixture

@@ -180,8 +180,20 @@ def test_errors():
         graph_attention(q, k, v, torch.tensor([[0], [10]]))
     with pytest.raises(ValueError, match="keys"):
         graph_attention(q, k, v, torch.tensor([[11], [0]]))
-    with pytest.raises(ValueError, match="unique"):
-        graph_attention(q, k, v, torch.tensor([[1, 0, 1], [0, 0, 0]]))
+    with pytest.raises(ValueError, match=r"at least one head"):
+        graph_attention(q[:, :0], k[:, :0], v[:, :0], g)
+    with pytest.raises(ValueError, match=r"head dims >= 1"):
+        graph_attention(q[..., :0], k[..., :0], v, g)
+    with pytest.raises(ValueError, match=r"head dims >= 1"):
+        graph_attention(q, k, v[..., :0], g)
+    with pytest.raises(ValueError, match=r"without \+inf"):
+        graph_attention(q, k, v, g, bias=torch.full((g.num_edges, 3), float("inf")))
+    with pytest.raises(ValueError, match="head_mask only with an edge_index"):
+        graph_attention(q, k, v, g, head_mask=torch.ones(g.num_edges, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"head_mask of shape \[3, 3\]"):
+        graph_attention(q, k, v, torch.tensor([[1, 0, 1], [0, 0, 0]]), head_mask=torch.ones(3, 1, dtype=torch.bool))
+    with pytest.raises(TypeError, match="head_mask to be a bool tensor"):
+        graph_attention(q, k, v, torch.tensor([[1, 0, 1], [0, 0, 0]]), head_mask=torch.ones(3, 2))
     with pytest.raises(ValueError, match="dropout_p"):
         graph_attention(q, k, v, g, dropout_p=1.5)
     with pytest.raises(TypeError, match="AttentionGraph or an edge_index"):

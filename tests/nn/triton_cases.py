@@ -287,6 +287,61 @@ def case_dispatch_layer():
         assert float((a - b).abs().max()) < 1e-5 * scale
 
 
+def case_lse_gradients(name, dtype=torch.float32):
+    # return_lse: the kernels' lse and the gradients through out and lse together equal the
+    # float64 dense reference (the lse gradient enters the backward as dS += P * dlse).
+    from graphattn.nn import graph_attention
+    from graphattn.nn.backends import Backend, use
+
+    ei, nq, nk = GRAPHS[name]()
+    q, k, v = inputs(nq, nk, dtype=dtype)
+    with use(Backend.TRITON):
+        out, lse = graph_attention(q, k, v, ei.to(DEVICE), tile=16, return_lse=True)
+    qd, kd, vd = (t.detach().cpu().double().requires_grad_(True) for t in (q, k, v))
+    mask = dense_mask(ei, nq, nk)
+    ref, _ = dense_attention(qd, kd, vd, mask)
+    s = torch.einsum("ihd,jhd->hij", qd, kd) * qd.shape[-1] ** -0.5
+    ref_lse = torch.logsumexp(s.masked_fill(~mask, float("-inf")), -1).t()  # [nq, H]
+    has = mask.any(-1)
+    assert torch.equal(torch.isinf(lse.cpu()), ~has[:, None].expand_as(lse.cpu()))
+    assert rel_err(lse.cpu()[has], ref_lse[has]) < TOL[dtype]
+    gen = torch.Generator().manual_seed(6)
+    go = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
+    gl = torch.randn(ref_lse.shape, generator=gen, dtype=torch.float64)
+    loss_ref = (ref * go).sum() + (ref_lse[has] * gl[has]).sum()
+    ref_grads = torch.autograd.grad(loss_ref, (qd, kd, vd))
+    loss = (out.double() * go.to(DEVICE)).sum() + (lse.double()[has.to(DEVICE)] * gl.to(DEVICE)[has.to(DEVICE)]).sum()
+    for a, b in zip(torch.autograd.grad(loss, (q, k, v)), ref_grads):
+        assert rel_err(a, b) < (1e-5 if dtype == torch.float32 else TOL[dtype]), (name, rel_err(a, b))
+
+
+def case_large_scores_decline():
+    # Scores beyond the range where float32 scores are exact: the kernels decline (a forced
+    # TRITON says why); AUTO and TORCH compute them in float64, against the float64 reference.
+    from graphattn.nn import graph_attention
+    from graphattn.nn.backends import Backend, use
+
+    ei, nq, nk = GRAPHS["band"]()
+    q, k, v = inputs(nq, nk)
+    q, k = (q.detach() * 40).requires_grad_(True), (k.detach() * 40).requires_grad_(True)
+    with use(Backend.TRITON):
+        try:
+            graph_attention(q, k, v, ei.to(DEVICE), tile=16)
+        except RuntimeError as err:
+            assert "exceed the 1024 within which float32 scores are exact" in str(err), err
+        else:
+            raise AssertionError("the kernels ran scores beyond their exact range")
+    out = graph_attention(q, k, v, ei.to(DEVICE), tile=16)
+    qd, kd, vd = (t.detach().cpu().double() for t in (q, k, v))
+    ref, _ = dense_attention(qd, kd, vd, dense_mask(ei, nq, nk))
+    assert rel_err(out, ref) < 1e-5
+
+
+CASES["lse-gradients-band"] = functools.partial(case_lse_gradients, "band")
+CASES["lse-gradients-random"] = functools.partial(case_lse_gradients, "random")
+CASES["lse-gradients-keyless"] = functools.partial(case_lse_gradients, "keyless")
+CASES["lse-gradients-bipartite-bf16"] = functools.partial(case_lse_gradients, "bipartite", torch.bfloat16)
+CASES["large-scores-decline"] = case_large_scores_decline
 CASES["dispatch-graph-attention"] = case_dispatch_graph_attention
 CASES["dispatch-layer"] = case_dispatch_layer
 

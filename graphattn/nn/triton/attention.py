@@ -160,12 +160,15 @@ def _forward(q, k, v, bias, tabs: Tables, scale, dropout_p, drop_key):
     return out, lse
 
 
-def _backward(dout, q, k, v, bias, out, lse, tabs: Tables, scale, dropout_p, drop_key, want_dbias):
+def _backward(dout, dlse, q, k, v, bias, out, lse, tabs: Tables, scale, dropout_p, drop_key, want_dbias):
     impl = kernels_module()
     c = _Call(q, k, v, bias, tabs, scale, dropout_p, drop_key)
     nq, nk, H, D, DV, T = c.nq, c.nk, c.H, c.D, c.DV, tabs.T
     dev = q.device
-    delta = (dout.float() * out.float()).sum(-1).contiguous()  # [nq, H]
+    delta = (dout.float() * out.float()).sum(-1)  # [nq, H]
+    if dlse is not None:  # d lse / d s = P: the lse gradient enters dS = P * (dP - delta + dlse)
+        delta = delta - torch.where(torch.isinf(lse), torch.zeros_like(delta), dlse.float())
+    delta = delta.contiguous()
     dense, csr = tabs.n_tiles > 0, tabs.csr
     # The dense items (and merges) write every row of a covered side; the CSR items then add.
     zq = torch.empty if (dense and tabs.covers_q) or (not dense and csr is not None and not tabs.rwork.segments) \
@@ -241,7 +244,7 @@ def _on(device):
 
 class FusedGraphAttention(torch.autograd.Function):
     """``(out, lse)`` of exact graph attention through the Triton kernels, with the fused
-    backward. ``lse`` is not differentiable (as in the torch engine)."""
+    backward; the gradients through both outputs are exact."""
 
     @staticmethod
     def forward(ctx, q, k, v, bias, plan, scale, dropout_p, drop_key):
@@ -250,15 +253,16 @@ class FusedGraphAttention(torch.autograd.Function):
             out, lse = _forward(q, k, v, bias, tabs, scale, dropout_p, drop_key)
         ctx.save_for_backward(q, k, v, bias, out, lse)
         ctx.tabs, ctx.scale, ctx.dropout_p, ctx.drop_key = tabs, scale, dropout_p, drop_key
-        ctx.mark_non_differentiable(lse)
+        ctx.set_materialize_grads(False)
         return out, lse
 
     @staticmethod
-    def backward(ctx, dout, _dlse):
+    def backward(ctx, dout, dlse):
         q, k, v, bias, out, lse = ctx.saved_tensors
         want_dbias = bias is not None and ctx.needs_input_grad[3]
+        dout = torch.zeros_like(out) if dout is None else dout.contiguous()
         with _on(q.device):
-            dq, dk, dv, dbias = _backward(dout.contiguous(), q, k, v, bias, out, lse, ctx.tabs, ctx.scale,
+            dq, dk, dv, dbias = _backward(dout, dlse, q, k, v, bias, out, lse, ctx.tabs, ctx.scale,
                                           ctx.dropout_p, ctx.drop_key, want_dbias)
         return (dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype),
                 None if dbias is None else dbias.to(bias.dtype), None, None, None, None)
