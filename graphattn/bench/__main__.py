@@ -45,6 +45,8 @@ def main(argv=None) -> int:
     m.add_argument("--heads", type=int, default=4)
     m.add_argument("--repeats", type=int, default=3)
     m.add_argument("--timeout", type=int, default=600, help="seconds per cell")
+    ex = sub.add_parser("exactness", help="forward and gradient errors against float64 per engine path as scores grow")
+    ex.add_argument("--n", type=int, default=256)
     gp = sub.add_parser("gpu", help="fused Triton kernels on a CUDA GPU: exactness, timings vs SDPA, FlexAttention, gather/scatter")
     gp.add_argument("--out", default="gpu_bench.md", help="markdown report path (default ./gpu_bench.md)")
     gp.add_argument("--budget", type=float, default=480.0, help="seconds for the whole run (default 480)")
@@ -67,6 +69,12 @@ def main(argv=None) -> int:
               f"{args.heads} heads x {args.head_dim}; medians of {args.repeats}")
         print(run(ns=args.n, patterns=args.patterns, methods=args.methods or METHODS, H=args.heads,
                   D=args.head_dim, repeats=args.repeats, timeout=args.timeout))
+    if args.suite == "exactness":
+        from graphattn.bench.exactness import run
+
+        print(f"torch {torch.__version__}; band radius 40, 4 heads x 32, fp32, loss out.square().sum(); "
+              f"errors max|x - ref| over max|ref| (own) and over the largest summand M")
+        print(run(n=args.n))
     if args.suite == "graphs":
         from graphattn.bench.graphs import run
 

@@ -199,7 +199,8 @@ def _check_memory(q, k, v, E: int, plan_cached: bool, tile: int, dense_threshold
     H, Dv = q.shape[1], v.shape[2]
     acc = 8 if q.dtype == torch.float64 else 4
     est = nq * H * (Dv + 3) * acc + (nq + nk) * H * q.shape[2] * acc  # out, m, l, lse; head-major copies
-    est += E * H * acc * 2 + (1 << 20) * H * acc * 4  # CSR values per head; the dense chunks' score cells
+    # CSR values per head; a dense chunk's score cells (engine._CELLS, heads included) in 4 buffers
+    est += E * H * acc * 2 + (1 << 20) * acc * 4
     if not plan_cached:
         est += plan_bytes(E, nq, nk, tile=tile, dense_threshold=dense_threshold, heads=heads_in_plan)
     check_memory(f"graph_attention over {E:,} edges ({nq:,} queries, {nk:,} keys, {H} heads)", est, q.device)

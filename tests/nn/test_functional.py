@@ -270,3 +270,18 @@ def test_trusted_edge_index_skips_the_checks_until_modified(monkeypatch):
     ei.add_(0)  # written in place (same values): checked again
     graph_attention(q, k, v, ei)
     assert calls == [1]
+
+
+def test_memory_is_refused_before_it_is_spent():
+    from graphattn._memory import MemoryBudgetError, memory_limit
+
+    # 10^7 queries as a broadcast view (no memory of its own): the output alone would be ~10 GB.
+    q = torch.zeros(1, 1, 1).expand(10**7, 4, 64)
+    ei = torch.tensor([[0], [0]])
+    with memory_limit("1G"), pytest.raises(MemoryBudgetError, match=r"graph_attention over 1 edges \(10,000,000 "
+                                                                    r"queries.*need an estimated .* GB, more than the 1.0 GB budget"):
+        graph_attention(q, q, q, ei)
+    g = rules.band(64, radius=3)
+    qq, kk, vv = inputs(64, 64)
+    with memory_limit("64M"):  # a small call fits
+        graph_attention(qq, kk, vv, g)
