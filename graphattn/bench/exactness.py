@@ -68,8 +68,8 @@ def errors(path: str, scale: float, *, n: int = 256, heads: int = 4, dim: int = 
     ref, _ = dense_attention(qd, kd, vd, g.to_dense())
     rq, rk, rv = torch.autograd.grad(ref.square().sum(), (qd, kd, vd))
     s, mo, mv = dim ** -0.5, 2 * float(ref.detach().abs().max()), float(vd.detach().abs().max())
-    summand = {"out": mv, "dv": mo, "dq": s * 2 * mo * mv * float(kd.abs().max()),
-               "dk": s * 2 * mo * mv * float(qd.abs().max())}
+    summand = {"out": mv, "dv": mo, "dq": s * 2 * mo * mv * float(kd.detach().abs().max()),
+               "dk": s * 2 * mo * mv * float(qd.detach().abs().max())}
     result = {}
     for name, a, b in (("out", out, ref), ("dq", dq, rq), ("dk", dk, rk), ("dv", dv, rv)):
         a, b = a.detach().double(), b.detach()
