@@ -1,6 +1,10 @@
+import os
+
 from hypothesis import HealthCheck, settings
 
-# The suite runs on 2 shared cores: no per-example deadline, a bounded example count.
+# The suite runs on 2 shared cores: no per-example deadline, a bounded example count. CI's longer
+# fuzzing run (.ci/run) sets HYPOTHESIS_PROFILE=ci: ten times the examples.
 settings.register_profile("graphattn", deadline=None, max_examples=40,
                           suppress_health_check=[HealthCheck.too_slow])
-settings.load_profile("graphattn")
+settings.register_profile("ci", deadline=None, max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "graphattn"))
