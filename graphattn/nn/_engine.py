@@ -37,35 +37,155 @@ __all__ = ["GraphAttentionFunction", "engine_attention", "attention_weights", "s
 _CELLS = 1 << 20  # score cells per dense chunk (4 MB in fp32): a chunk's scores stay in cache
 
 
-def _dense_chunks(group: DenseGroup, tile: int, heads: int):
+class _Chunk:
+    """One chunk ``[g0, g1)`` of a dense group: its operands and the writes of its results.
+
+    Where the group's query blocks are consecutive and their key tiles a sliding window (a band's
+    middle; :attr:`DenseGroup.k_offset`) and every row and key of the chunk lies inside the
+    tensors, the operands are strided views of ``q``, ``k``, ``v`` (no copies: the overlapping
+    key windows share memory) and results are written to and added into row ranges; otherwise
+    they are gathered by index, with the rows of a partial last block clamped and dropped.
+    """
+
+    def __init__(self, group: DenseGroup, g0: int, g1: int, T: int, nq: int, nk: int, fast: bool):
+        self.group, self.g0, self.g1, self.T, self.fast = group, g0, g1, T, fast
+        self.G, self.c = g1 - g0, group.kblocks.shape[1]
+        self.cT = self.c * T
+        if fast:
+            self.q0 = (group.q_start + g0) * T
+            self.k0 = (group.q_start + g0 + group.k_offset) * T
+        else:
+            ar = torch.arange(T, device=group.qblocks.device)
+            self.qraw = group.qblocks[g0:g1, None] * T + ar  # [G, T]
+            self.kraw = (group.kblocks[g0:g1, :, None] * T + ar).reshape(self.G, -1)  # [G, cT]
+            self.qc, self.kc = self.qraw.clamp_max(nq - 1), self.kraw.clamp_max(nk - 1)
+            self.valid = self.qraw < nq  # rows clamped from a partial block: dropped
+            self.ok = self.valid.reshape(-1)
+            self.rows = self.qraw.reshape(-1)[self.ok]
+
+    # ---- operands, [G, H, T, X] and [G, H, cT, X]
+    def rows_of(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fast:
+            return x[self.q0:self.q0 + self.G * self.T].unflatten(0, (self.G, self.T)).transpose(1, 2)
+        return x[self.qc].transpose(1, 2)
+
+    def keys_of(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fast:  # the overlapping windows as one strided view
+            s0 = x.stride(0)
+            view = x.as_strided((self.G, self.cT) + tuple(x.shape[1:]), (self.T * s0,) + tuple(x.stride()),
+                                x.storage_offset() + self.k0 * s0)
+            return view.transpose(1, 2)
+        return x[self.kc].transpose(1, 2)
+
+    def query_ids(self) -> torch.Tensor:
+        if self.fast:
+            return torch.arange(self.q0, self.q0 + self.G * self.T, device=self.group.qblocks.device).view(self.G, self.T)
+        return self.qraw
+
+    def key_ids(self) -> torch.Tensor:
+        if self.fast:
+            dev = self.group.qblocks.device
+            return (self.k0 + torch.arange(self.G, device=dev)[:, None] * self.T
+                    + torch.arange(self.cT, device=dev))
+        return self.kraw
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return self.group.mask[self.g0:self.g1]
+
+    def additive_mask(self, dtype) -> torch.Tensor:
+        """The mask as ``0 / -inf`` scores (a shared mask is made once and cached on the group)."""
+        m = self.mask
+        if m.shape[0] > 1 and m.stride(0) == 0:
+            cache = self.group.__dict__.setdefault("_additive", {})
+            if dtype not in cache:
+                cache[dtype] = torch.zeros(m[:1].shape, dtype=dtype, device=m.device).masked_fill_(~m[:1], float("-inf"))
+            return cache[dtype].expand(m.shape)
+        return torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill_(~m, float("-inf"))
+
+    def row_any(self, heads: int) -> torch.Tensor:
+        """[G, H, T]: the rows with a key in this group."""
+        return self.group.row_any[self.g0:self.g1].expand(-1, heads, -1)
+
+    @property
+    def every_row(self) -> bool:
+        """Every row of the group has a key in it (then no row needs masking out)."""
+        flag = self.group.__dict__.get("_every_row")
+        if flag is None:
+            ra = self.group.row_any
+            flag = self.group.__dict__["_every_row"] = bool((ra[:1] if ra.shape[0] > 1 and ra.stride(0) == 0
+                                                             else ra).all())
+        return flag
+
+    # ---- results back
+    def write_rows(self, dst: torch.Tensor, val: torch.Tensor) -> None:
+        """``dst`` rows of the chunk's queries = ``val`` ([G, H, T, ...] -> [N, H, ...])."""
+        val = val.transpose(1, 2)
+        if self.fast:
+            dst[self.q0:self.q0 + self.G * self.T] = val.reshape((-1,) + tuple(dst.shape[1:]))
+        else:
+            dst[self.rows] = val.reshape((-1,) + tuple(dst.shape[1:]))[self.ok]
+
+    def add_rows(self, dst: torch.Tensor, val: torch.Tensor) -> None:
+        val = val.transpose(1, 2)
+        if self.fast:
+            dst[self.q0:self.q0 + self.G * self.T] += val.reshape((-1,) + tuple(dst.shape[1:]))
+        else:
+            val = val * self.valid.view(self.G, self.T, *([1] * (val.dim() - 2)))
+            dst.index_add_(0, self.qc.reshape(-1), val.reshape((-1,) + tuple(dst.shape[1:])))
+
+    def add_keys(self, dst: torch.Tensor, val: torch.Tensor) -> None:
+        """``dst`` rows of the chunk's keys += ``val`` ([G, H, cT, X]); overlapping windows add up."""
+        val = val.transpose(1, 2)  # [G, cT, H, X]
+        if self.fast:  # one slice per key tile slot: slot s of block g is key block g + s
+            val = val.unflatten(1, (self.c, self.T))
+            for s in range(self.c):
+                a = self.k0 + s * self.T
+                dst[a:a + self.G * self.T] += val[:, s].reshape((-1,) + tuple(dst.shape[1:]))
+        else:
+            dst.index_add_(0, self.kc.reshape(-1), val.reshape((-1,) + tuple(dst.shape[1:])))
+
+    def edge_range(self) -> tuple[int, int]:
+        """The group's edges (``pos``) inside this chunk (for the edge biases)."""
+        cells = self.T * self.cT
+        lo = int(torch.searchsorted(self.group.pos, self.g0 * cells))
+        hi = int(torch.searchsorted(self.group.pos, self.g1 * cells))
+        return lo, hi
+
+
+def _fast_range(group: DenseGroup, T: int, nq: int, nk: int) -> tuple[int, int]:
+    """The blocks ``[a, b)`` of a group whose chunk operands can be strided views."""
+    if group.q_start is None or group.k_offset is None:
+        return 0, 0
     G, c = group.kblocks.shape
-    cells = tile * c * tile
-    step = max(1, _CELLS // (cells * heads))
-    for g0 in range(0, G, step):
-        g1 = min(G, g0 + step)
-        lo = int(torch.searchsorted(group.pos, g0 * cells))
-        hi = int(torch.searchsorted(group.pos, g1 * cells))
-        yield g0, g1, lo, hi
+    first = group.q_start + group.k_offset  # key block of block 0's first window slot
+    a = max(0, -first)
+    b = min(G, nq // T - group.q_start, nk // T - first - c + 1)
+    return a, max(a, b)
 
 
-def _dense_indices(group: DenseGroup, g0: int, g1: int, tile: int, nq: int, nk: int):
-    ar = torch.arange(tile, device=group.qblocks.device)
-    qidx = group.qblocks[g0:g1, None] * tile + ar  # [G, T]
-    kidx = (group.kblocks[g0:g1, :, None] * tile + ar).reshape(g1 - g0, -1)  # [G, cT]
-    return qidx.clamp_max(nq - 1), kidx.clamp_max(nk - 1), qidx, kidx
+def _dense_chunks(group: DenseGroup, tile: int, heads: int, nq: int, nk: int):
+    """The chunks of a group: at most ``_CELLS`` score cells each (heads included), the view-able
+    middle apart from the gathered borders."""
+    G, c = group.kblocks.shape
+    step = max(1, _CELLS // (tile * c * tile * heads))
+    a, b = _fast_range(group, tile, nq, nk)
+    for lo, hi, fast in ((0, a, False), (a, b, True), (b, G, False)):
+        for g0 in range(lo, hi, step):
+            yield _Chunk(group, g0, min(hi, g0 + step), tile, nq, nk, fast)
 
 
-def _dense_scores(q, k, group, g0, g1, lo, hi, qidx, kidx, bias, scale):
-    """Masked scores [G, H, T, cT] (-inf off the graph) of one dense chunk."""
-    Qg = q[qidx].transpose(1, 2)  # [G, H, T, D]
-    Kg = k[kidx].transpose(1, 2)  # [G, H, cT, D]
+def _dense_scores(ch: _Chunk, q, k, bias, scale):
+    """Masked scores [G, H, T, cT] (-inf off the graph) of one dense chunk, with Q and K."""
+    Qg, Kg = ch.rows_of(q), ch.keys_of(k)  # [G, H, T, D], [G, H, cT, D]
     S = torch.matmul(Qg, Kg.transpose(-1, -2)).mul_(scale)
     if bias is not None:
         G, H, T, CT = S.shape
+        lo, hi = ch.edge_range()
         add = torch.zeros(G * T * CT, H, dtype=S.dtype, device=S.device)
-        add[group.pos[lo:hi] - g0 * T * CT] = bias[group.edge_id[lo:hi]].to(S.dtype)
+        add[ch.group.pos[lo:hi] - ch.g0 * T * CT] = bias[ch.group.edge_id[lo:hi]].to(S.dtype)
         S.add_(add.view(G, T, CT, H).permute(0, 3, 1, 2))
-    S.masked_fill_(~group.mask[g0:g1], float("-inf"))
+    S.masked_fill_(~ch.mask, float("-inf"))
     return S, Qg, Kg
 
 
@@ -102,11 +222,6 @@ def score_bound(q: torch.Tensor, k: torch.Tensor, scale: float, bias: torch.Tens
 def _use_flash(q, v, bias, dropout_p) -> bool:
     return (_FLASH_CPU and q.device.type == "cpu" and q.dtype == torch.float32 and bias is None
             and not dropout_p and q.shape[-1] == v.shape[-1])
-
-
-def _additive_mask(group: DenseGroup, g0: int, g1: int, dtype) -> torch.Tensor:
-    m = group.mask[g0:g1]
-    return torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill_(~m, float("-inf"))
 
 
 def _keep_mask(key, q_ids, k_ids, num_keys, heads, p, shape_hqk):
@@ -182,36 +297,32 @@ def forward(q, k, v, bias, plan: TilingPlan, scale: float, dropout_p: float, dro
     m = torch.full((nq, H), float("-inf"), dtype=acc, device=q.device)
     l = torch.zeros(nq, H, dtype=acc, device=q.device)
     for group in plan.dense:
-        for g0, g1, lo, hi in _dense_chunks(group, T, H):
-            qc, kc, qraw, kraw = _dense_indices(group, g0, g1, T, nq, nk)
+        for ch in _dense_chunks(group, T, H, nq, nk):
+            # Every query block belongs to one dense group and dense parts run first, so a row's
+            # dense state is written, not merged.
             if flash:
-                Qg, Kg, Vg = q[qc].transpose(1, 2), k[kc].transpose(1, 2), v[kc].transpose(1, 2)
                 og, lse_g = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-                    Qg, Kg, Vg, attn_mask=_additive_mask(group, g0, g1, q.dtype), scale=scale)
-                has = group.mask[g0:g1].any(-1).expand(-1, H, -1)  # [G, H, T]: rows with dense keys
-                rows = qraw.reshape(-1)
-                ok = rows < nq
-                rows = rows[ok]
-                out[rows] = (og * has[..., None]).permute(0, 2, 1, 3).reshape(-1, H, og.shape[-1])[ok]
-                m[rows] = torch.where(has, lse_g, float("-inf")).permute(0, 2, 1).reshape(-1, H)[ok]
-                l[rows] = has.to(l.dtype).permute(0, 2, 1).reshape(-1, H)[ok]
+                    ch.rows_of(q), ch.keys_of(k), ch.keys_of(v), attn_mask=ch.additive_mask(q.dtype), scale=scale)
+                if ch.every_row:
+                    ch.write_rows(out, og)
+                    ch.write_rows(m, lse_g)
+                    ch.write_rows(l, torch.ones_like(lse_g))
+                else:
+                    has = ch.row_any(H)  # [G, H, T]: rows with dense keys
+                    ch.write_rows(out, og * has[..., None])
+                    ch.write_rows(m, torch.where(has, lse_g, float("-inf")))
+                    ch.write_rows(l, has.to(l.dtype))
                 continue
-            S, _, _ = _dense_scores(q, k, group, g0, g1, lo, hi, qc, kc, bias, scale)
+            S, _, _ = _dense_scores(ch, q, k, bias, scale)
             mp = S.amax(-1)  # [G, H, T]
             safe = torch.where(torch.isinf(mp), torch.zeros_like(mp), mp)
             P = S.sub_(safe[..., None]).exp_()
             lp = P.sum(-1)
             if dropout_p:
-                P = P * _keep_mask(drop_key, qraw, kraw, nk, H, dropout_p, P.shape) / (1 - dropout_p)
-            op = torch.matmul(P, v[kc].transpose(1, 2))  # [G, H, T, Dv]
-            # Every query block belongs to one dense group and dense parts run first, so a row's
-            # dense state is written, not merged; rows clamped from a partial block are dropped.
-            rows = qraw.reshape(-1)
-            ok = rows < nq
-            rows = rows[ok]
-            out[rows] = op.permute(0, 2, 1, 3).reshape(-1, H, op.shape[-1])[ok]
-            m[rows] = mp.permute(0, 2, 1).reshape(-1, H)[ok]
-            l[rows] = lp.permute(0, 2, 1).reshape(-1, H)[ok]
+                P = P * _keep_mask(drop_key, ch.query_ids(), ch.key_ids(), nk, H, dropout_p, P.shape) / (1 - dropout_p)
+            ch.write_rows(out, torch.matmul(P, ch.keys_of(v)))  # [G, H, T, Dv]
+            ch.write_rows(m, mp)
+            ch.write_rows(l, lp)
     if plan.sparse is not None:
         sp = _SparseCall(plan.sparse, q, k, nq, nk)
         Dv = v.shape[-1]
@@ -262,45 +373,45 @@ def backward(grad_out, grad_lse, q, k, v, bias, out, m, l, plan: TilingPlan, sca
     inv_l = torch.where(has, 1.0 / torch.where(has, l, torch.ones_like(l)), torch.zeros_like(l))
     lse_safe = torch.where(has, lse_of(m, l), torch.full_like(m, float("inf")))
     for group in plan.dense:
-        for g0, g1, lo, hi in _dense_chunks(group, T, H):
-            qc, kc, qraw, kraw = _dense_indices(group, g0, g1, T, nq, nk)
+        for ch in _dense_chunks(group, T, H, nq, nk):
             if flash:
-                Qg, Kg, Vg = q[qc].transpose(1, 2), k[kc].transpose(1, 2), v[kc].transpose(1, 2)
-                valid = (qraw < nq)[:, None, :, None]  # rows clamped from a partial block: no grad
-                dO = (grad_out[qc].transpose(1, 2) * valid).contiguous()
+                # The kernel wants contiguous dO, O and lse rows; q, k, v go in as views.
+                dO, O = ch.rows_of(grad_out), ch.rows_of(out)
+                if not ch.fast:  # rows clamped from a partial block: no gradient
+                    valid = ch.valid[:, None, :, None]
+                    dO, O = dO * valid, O * valid
                 dQg, dKg, dVg = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-                    dO, Qg, Kg, Vg, (out[qc].transpose(1, 2) * valid).contiguous(),
-                    lse_safe[qc].transpose(1, 2).contiguous(), 0.0, False,
-                    attn_mask=_additive_mask(group, g0, g1, q.dtype), scale=scale)
-                dq.index_add_(0, qc.reshape(-1), (dQg * valid).permute(0, 2, 1, 3).reshape(-1, H, q.shape[-1]))
-                dk.index_add_(0, kc.reshape(-1), dKg.permute(0, 2, 1, 3).reshape(-1, H, k.shape[-1]))
-                dv.index_add_(0, kc.reshape(-1), dVg.permute(0, 2, 1, 3).reshape(-1, H, Dv))
+                    dO.contiguous(), ch.rows_of(q), ch.keys_of(k), ch.keys_of(v), O.contiguous(),
+                    ch.rows_of(lse_safe.unsqueeze(-1)).squeeze(-1).contiguous(), 0.0, False,
+                    attn_mask=ch.additive_mask(q.dtype), scale=scale)
+                ch.add_rows(dq, dQg)
+                ch.add_keys(dk, dKg)
+                ch.add_keys(dv, dVg)
                 continue
-            S, Qg, Kg = _dense_scores(q, k, group, g0, g1, lo, hi, qc, kc, bias, scale)
-            M = m_safe[qc].transpose(1, 2)  # [G, H, T]
-            P = S.sub_(M[..., None]).exp_().mul_(inv_l[qc].transpose(1, 2)[..., None])
-            P.masked_fill_(qraw[:, None, :, None] >= nq, 0.0)  # rows clamped from a partial block
-            dO = grad_out[qc].transpose(1, 2)  # [G, H, T, Dv]
-            Vg = v[kc].transpose(1, 2)
+            S, Qg, Kg = _dense_scores(ch, q, k, bias, scale)
+            M = ch.rows_of(m_safe.unsqueeze(-1)).squeeze(-1)  # [G, H, T]
+            P = S.sub_(M[..., None]).exp_().mul_(ch.rows_of(inv_l.unsqueeze(-1)))
+            if not ch.fast:
+                P.masked_fill_(~ch.valid[:, None, :, None], 0.0)  # rows clamped from a partial block
+            dO = ch.rows_of(grad_out)  # [G, H, T, Dv]
+            Vg = ch.keys_of(v)
             if dropout_p:
-                keep = _keep_mask(drop_key, qraw, kraw, nk, H, dropout_p, P.shape) / (1 - dropout_p)
+                keep = _keep_mask(drop_key, ch.query_ids(), ch.key_ids(), nk, H, dropout_p, P.shape) / (1 - dropout_p)
                 Pd = P * keep
             else:
                 Pd = P
-            dVg = torch.matmul(Pd.transpose(-1, -2), dO)  # [G, H, cT, Dv]
-            dv.index_add_(0, kc.reshape(-1), dVg.permute(0, 2, 1, 3).reshape(-1, H, Dv))
+            ch.add_keys(dv, torch.matmul(Pd.transpose(-1, -2), dO))  # [G, H, cT, Dv]
             dP = torch.matmul(dO, Vg.transpose(-1, -2))
             if dropout_p:
                 dP = dP * keep
-            dS = P.mul_(dP.sub_(delta[qc].transpose(1, 2)[..., None]))  # [G, H, T, cT]
+            dS = P.mul_(dP.sub_(ch.rows_of(delta.unsqueeze(-1))))  # [G, H, T, cT]
             if dbias is not None:
                 G, _, _, CT = dS.shape
+                lo, hi = ch.edge_range()
                 flat = dS.permute(0, 2, 3, 1).reshape(-1, H)
-                dbias[group.edge_id[lo:hi]] = flat[group.pos[lo:hi] - g0 * T * CT]
-            dQg = torch.matmul(dS, Kg).mul_(scale)  # [G, H, T, D]
-            dq.index_add_(0, qc.reshape(-1), dQg.permute(0, 2, 1, 3).reshape(-1, H, q.shape[-1]))
-            dKg = torch.matmul(dS.transpose(-1, -2), Qg).mul_(scale)  # [G, H, cT, D]
-            dk.index_add_(0, kc.reshape(-1), dKg.permute(0, 2, 1, 3).reshape(-1, H, k.shape[-1]))
+                dbias[group.edge_id[lo:hi]] = flat[group.pos[lo:hi] - ch.g0 * T * CT]
+            ch.add_rows(dq, torch.matmul(dS, Kg).mul_(scale))  # [G, H, T, D]
+            ch.add_keys(dk, torch.matmul(dS.transpose(-1, -2), Qg).mul_(scale))  # [G, H, cT, D]
     if plan.sparse is not None:
         sp = _SparseCall(plan.sparse, q, k, nq, nk)
         vh = v.transpose(0, 1).contiguous()

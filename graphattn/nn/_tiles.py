@@ -54,7 +54,7 @@ def dense_tiles(plan: TilingPlan, device) -> DenseTiles:
         tq.append(g.qblocks.to(device).repeat_interleave(c))
         tk.append(g.kblocks.to(device).reshape(-1))
         # [G, Hm, T, c*T] -> [G*c, Hm, T, T]: one bitmap per (query block, key tile).
-        masks.append(g.mask.to(device).view(G, hm, T, c, T).permute(0, 3, 1, 2, 4).reshape(G * c, hm, T, T))
+        masks.append(g.mask.to(device).reshape(G, hm, T, c, T).permute(0, 3, 1, 2, 4).reshape(G * c, hm, T, T))
     tq, tk = torch.cat(tq), torch.cat(tk)
     order = torch.sort(tq * kb_count + tk).indices
     rank = torch.empty_like(order)

@@ -33,7 +33,14 @@ class DenseGroup:
     qblocks: ``[G]`` query block ids. kblocks: ``[G, c]`` key block ids, increasing.
     pos: ``[Ed]`` flat positions of the group's edges in a ``[G, T, c*T]`` grid, increasing.
     edge_id: ``[Ed]`` the edge index (into the graph's edge list) of each position.
-    mask: bool ``[G, Hm, T, c*T]`` (``Hm`` is 1, or the head count of a per-head layout).
+    mask: bool ``[G, Hm, T, c*T]`` (``Hm`` is 1, or the head count of a per-head layout); when
+    every block's mask is the same (a band's, a block pattern's) one ``[1, Hm, T, c*T]`` mask
+    expanded to ``G`` (stride 0: read it, do not ``view`` it).
+    row_any: bool ``[G, Hm, T]``: the rows that have a key in the group (expanded likewise).
+    q_start: the first query block when the blocks are consecutive (``qblocks = q_start + g``),
+    else None. k_offset: with consecutive query blocks, the offset when every block's key tiles
+    are the consecutive ``qblocks[g] + k_offset + s`` (a band's window), else None. Such a group's
+    operands are strided views of ``q``, ``k``, ``v``: no gathers.
     """
 
     qblocks: torch.Tensor
@@ -41,6 +48,34 @@ class DenseGroup:
     pos: torch.Tensor
     edge_id: torch.Tensor
     mask: torch.Tensor
+    row_any: torch.Tensor | None = None
+    q_start: int | None = None
+    k_offset: int | None = None
+
+    def __post_init__(self):
+        if self.row_any is None:
+            self.row_any = _row_any(self.mask)
+
+
+def _row_any(mask: torch.Tensor) -> torch.Tensor:
+    if mask.shape[0] > 1 and mask.stride(0) == 0:
+        return mask[:1].any(-1).expand(mask.shape[0], -1, -1)
+    return mask.any(-1)
+
+
+def _group_layout(qblocks: torch.Tensor, kblocks: torch.Tensor, mask: torch.Tensor):
+    """``(mask, q_start, k_offset)`` of a new group: the mask shared when every block's is the
+    same, and the consecutive-block layout when it holds (see :class:`DenseGroup`)."""
+    G, c = kblocks.shape
+    q_start = k_offset = None
+    if G and bool((qblocks == qblocks[0] + torch.arange(G, device=qblocks.device)).all()):
+        q_start = int(qblocks[0])
+        off = kblocks - qblocks[:, None]
+        if bool((off == off[0, 0] + torch.arange(c, device=off.device)).all()):
+            k_offset = int(off[0, 0])
+    if G > 1 and bool((mask == mask[:1]).all()):
+        mask = mask[:1].expand_as(mask)
+    return mask, q_start, k_offset
 
 
 @dataclass
@@ -86,8 +121,14 @@ class TilingPlan:
         return sum(int(g.kblocks.numel()) for g in self.dense)
 
     def to(self, device) -> "TilingPlan":
+        def move_tensor(t):
+            if t.dim() and t.shape[0] > 1 and t.stride(0) == 0:  # a shared mask stays shared
+                return t[:1].to(device).expand_as(t)
+            return t.to(device)
+
         def move(obj):
-            return type(obj)(**{f.name: getattr(obj, f.name).to(device) for f in fields(obj)})
+            return type(obj)(**{f.name: move_tensor(v) if isinstance(v := getattr(obj, f.name), torch.Tensor) else v
+                                for f in fields(obj)})
 
         return TilingPlan(self.num_queries, self.num_keys, self.num_edges, self.tile, self.num_heads,
                           [move(g) for g in self.dense], None if self.sparse is None else move(self.sparse))
@@ -260,7 +301,8 @@ def _build_plan(edge_index, num_queries: int, num_keys: int, head_mask, tile, de
             else:
                 flat = ((g_pos // cells)[:, None] * hm + torch.arange(hm, device=device)) * cells
                 mask.view(-1)[(flat + (g_pos % cells)[:, None]).reshape(-1)] = head_mask[g_eid].reshape(-1)
-            plan.dense.append(DenseGroup(members, kblocks, g_pos, g_eid, mask))
+            mask, q_start, k_offset = _group_layout(members, kblocks, mask)
+            plan.dense.append(DenseGroup(members, kblocks, g_pos, g_eid, mask, q_start=q_start, k_offset=k_offset))
 
     # ---- sparse edges: CSR by (query, key) and the CSR of the transpose.
     s_eid = None if all_dense else (~edge_dense).nonzero().flatten()
