@@ -375,14 +375,14 @@ def backward(grad_out, grad_lse, q, k, v, bias, out, m, l, plan: TilingPlan, sca
     for group in plan.dense:
         for ch in _dense_chunks(group, T, H, nq, nk):
             if flash:
-                # The kernel wants contiguous dO, O and lse rows; q, k, v go in as views.
+                # Every operand goes in as a view (the kernel takes strided inputs).
                 dO, O = ch.rows_of(grad_out), ch.rows_of(out)
                 if not ch.fast:  # rows clamped from a partial block: no gradient
                     valid = ch.valid[:, None, :, None]
                     dO, O = dO * valid, O * valid
                 dQg, dKg, dVg = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-                    dO.contiguous(), ch.rows_of(q), ch.keys_of(k), ch.keys_of(v), O.contiguous(),
-                    ch.rows_of(lse_safe.unsqueeze(-1)).squeeze(-1).contiguous(), 0.0, False,
+                    dO, ch.rows_of(q), ch.keys_of(k), ch.keys_of(v), O,
+                    ch.rows_of(lse_safe.unsqueeze(-1)).squeeze(-1), 0.0, False,
                     attn_mask=ch.additive_mask(q.dtype), scale=scale)
                 ch.add_rows(dq, dQg)
                 ch.add_keys(dk, dKg)
