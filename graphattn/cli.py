@@ -238,12 +238,12 @@ def _cmd_atlas(args) -> int:
     print(f"graphattn atlas: every rule at n = {args.n} tokens (peak memory estimate {format_bytes(estimate)})")
     print(format_table(["rule", "nodes", "edges", "keys/query", "max", "hops to cover", "star", "epsilon"], rows))
     if out is not None:
-        from graphattn.catalog import atlas_panels
+        from graphattn.catalog import ATLAS_CAPTION, atlas_panels
         from graphattn.plots import save_atlas
 
         graphs = {name: build() for name, build in atlas_panels().items()}
         try:
-            path = save_atlas(graphs, out)
+            path = save_atlas(graphs, out, title=ATLAS_TITLE, caption=ATLAS_CAPTION)
         except OSError as err:
             raise CLIError(f"cannot write the atlas into --out {args.out!r}: {err.strerror or err}") from None
         print(f"wrote {path} (every pattern at its own size, see the caption)")
