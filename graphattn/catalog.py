@@ -22,18 +22,19 @@ __all__ = ["default_rules", "edge_estimates", "atlas_panels", "clustered_vectors
 _DIM = 32  # width of the stand-in vectors of the content-based rules (LSH, k-means)
 
 
-def _table_blocks(n: int) -> tuple[int, int]:
+def _table_blocks(n: int) -> tuple[int, int, int]:
     """Block sizes of the table at ``n`` tokens: block-local keeps 8 blocks; BigBird keeps 32
     blocks, so that its 8 blocks per query (3 window, 3 random, 2 global) stay a quarter of the
-    keys instead of all of them (8 blocks of 64 at 512 tokens would be full attention)."""
-    return max(1, min(64, n // 8)), max(1, min(64, n // 32))
+    keys instead of all of them (8 blocks of 64 at 512 tokens would be full attention); LSH
+    chunks keep 16, so that a chunk and the one before it are an eighth of the keys."""
+    return max(1, min(64, n // 8)), max(1, min(64, n // 32)), max(1, min(32, n // 16))
 
 
 def _variants(n: int):
     """``(name, build, estimate)`` per variant at ``n`` tokens; ``estimate()`` is the edge count
     (exact, an upper bound, or the expectation for the random rules) computed without building."""
     x = torch.randn(n, _DIM, generator=torch.Generator().manual_seed(0))
-    local, block = _table_blocks(n)
+    local, block, chunk = _table_blocks(n)
     keys = min(8, n - 1)
     degree = min(8, n - 1 - (n % 2))
     p = min(1.0, 8 / n)
@@ -64,7 +65,8 @@ def _variants(n: int):
         ("bp_transformer k=2", lambda: rules.bp_transformer(n, k=2),
          lambda: round(n * (1 + log2 + 4 * math.log2(max(n / 2, 1))))),
         ("lsh 16 buckets", lambda: rules.lsh(x, num_buckets=16, num_hashes=2, seed=0), lsh_pairs),
-        ("lsh chunk=32", lambda: rules.lsh(x, num_buckets=16, chunk=32, seed=0), lambda: min(n * n, 64 * n)),
+        (f"lsh chunk={chunk}", lambda: rules.lsh(x, num_buckets=16, chunk=chunk, seed=0),
+         lambda: min(n * n, 2 * chunk * n)),
         ("kmeans 8 clusters", lambda: rules.kmeans(x, num_clusters=8, seed=0),
          lambda: min(n * n, 8 * math.ceil(n / 8) ** 2 + n)),
     ]

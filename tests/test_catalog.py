@@ -18,6 +18,14 @@ def test_edge_estimates_match_the_built_graphs(n):
         assert 0.5 * estimates[name] <= edges <= 1.05 * estimates[name], (name, edges, estimates[name])
 
 
+@pytest.mark.parametrize("n", [64, 512])
+def test_table_variants_are_sparse(n):
+    # block sizes and chunks scale with n: BigBird with blocks of 64 is full attention at 512
+    for name, build in default_rules(n).items():
+        if name != "full":
+            assert build().density() < 0.5, name
+
+
 def test_every_rule_is_in_the_table_and_the_picture():
     """A new rule that the atlas leaves out fails here."""
     for names in (default_rules(64), atlas_panels()):
