@@ -305,6 +305,10 @@ def main(argv=None) -> int:
         return args.func(args)
     except (UsageError, CLIError) as err:
         return report_usage_error(err)
+    except BrokenPipeError:  # stdout closed early (graphattn show ... | head): not an error to report
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush then goes nowhere
+        return 1
 
 
 if __name__ == "__main__":

@@ -232,3 +232,13 @@ def test_describe_cell():
     assert describe_cell({"skip": "no CPU backward"}) == "skipped: no CPU backward"
     assert describe_cell({"time_s": 0.1234, "setup_s": 2.0, "peak_rss_gib": 1.5, "extra": 3}) == (
         "0.123 s, one-time 2.00 s, peak RSS 1.50 GiB, extra 3")
+
+
+def test_output_closed_early_is_no_traceback():
+    # graphattn show ... | head: the reader goes away before the output is written
+    proc = subprocess.Popen([sys.executable, "-m", "graphattn", "show", "band", "--n", "64", "--radius", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 1
+    assert "Traceback" not in err and "BrokenPipeError" not in err
