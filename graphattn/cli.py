@@ -1,91 +1,185 @@
 """The ``graphattn`` command.
 
-``graphattn atlas`` (the default) builds every catalog rule, prints a table of its structure and
-theory (edges, keys per query, hops to cover, star containment, spectral epsilon) and, with
-matplotlib installed, writes a PNG atlas of the adjacency patterns. ``graphattn show RULE``
-prints one rule's ASCII grid and summary; ``graphattn study`` runs the real-attention study;
+``graphattn atlas`` (the default) builds every rule in a few variants at ``--n`` tokens and
+prints a table of their structure and theory (edges, keys per query, hops to cover, star
+containment, spectral epsilon); with ``--out DIR`` and matplotlib installed it also writes
+``DIR/atlas.png``, a picture of every pattern at a size where its structure shows.
+``graphattn show RULE`` prints one rule's ASCII grid and summary (``graphattn show RULE --help``
+lists the rule's parameters); ``graphattn study`` runs the real-attention study;
 ``graphattn bench SUITE`` runs a benchmark suite.
+
+A user mistake is one line on stderr, ``graphattn: error: ...``, and exit status 2. Tables go to
+stdout, progress to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import inspect
+import os
 import sys
 from pathlib import Path
 
+from graphattn import __version__
+from graphattn._args import ArgumentParser, UsageError, int_at_least, int_list, report_usage_error
+from graphattn._memory import MemoryBudgetError, check_memory, format_bytes
 from graphattn._report import Progress
 
-__all__ = ["main", "build_parser", "atlas_rows"]
+__all__ = ["main", "build_parser", "atlas_rows", "atlas_memory_estimate", "ATLAS_TITLE"]
+
+ATLAS_TITLE = "graphattn atlas: sparse-attention patterns as graphs"
+
+#: Peak bytes per edge of building one atlas graph and running its analyses, measured with
+#: /proc/self/status VmHWM on graphs of 0.6 to 17 million edges (full, band, random, BigBird,
+#: BP-Transformer, Star, LSH, k-means): building takes 19 to 127 bytes an edge, hops_to_cover 2
+#: to 94, spectral 66 to 100 (260 on the Star graph, which has few edges per node), on top of the
+#: graph's own 17 (int64 edge list, int8 labels).
+ATLAS_BYTES_PER_EDGE = 128
+ATLAS_BYTES_PER_NODE = 2048  # per-node arrays of the analyses (orderings, BFS levels, eigenvectors)
 
 
 class CLIError(Exception):
     """A user error: printed as one line, exit status 2, no traceback."""
 
 
+# ------------------------------------------------------------------------------------- show
 def _rules():
     from graphattn import rules
 
     return {name: getattr(rules, name) for name in rules.RULES}
 
 
-def _parse_value(text: str):
-    """CLI parameter values: ints, floats, bools, comma lists of ints."""
+def _bool(text: str) -> bool:
     low = text.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if "," in text:
-        return [int(t) for t in text.split(",") if t]
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    raise CLIError(f"cannot read parameter value {text!r}: expected an int, a float, true/false or a comma list")
+    if low not in ("true", "false", "1", "0", "yes", "no"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return low in ("true", "1", "yes")
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int, got {text!r}") from None
+
+
+def _int_or_int_list(text: str):
+    """``3`` -> 3, ``1,3`` -> [1, 3]: parameters annotated ``int | Sequence[int]``."""
+    return int_list(text) if "," in text else _int(text)
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def _option_type(param: inspect.Parameter):
+    """The argparse ``type`` of a rule parameter from its annotation (the rules' annotations are
+    strings: ``"int"``, ``"Sequence[int] | None"``, ...) or, unannotated, from its default; None
+    for parameters the command line cannot give (tensors, query ranges)."""
+    ann = param.annotation
+    if ann is inspect.Parameter.empty:
+        default = param.default
+        if isinstance(default, bool):
+            return _bool
+        if isinstance(default, (tuple, list)):
+            return int_list
+        if isinstance(default, float):
+            return _float
+        return _int  # None (seeds) or an int
+    text = ann if isinstance(ann, str) else getattr(ann, "__name__", str(ann))
+    kinds = {part.strip() for part in text.split("|")} - {"None"}
+    if any("Tensor" in k or "range" in k for k in kinds):
+        return None
+    is_list = any(k.startswith(("Sequence", "list", "tuple")) for k in kinds)
+    if is_list:
+        return _int_or_int_list if "int" in kinds else int_list
+    if "bool" in kinds:
+        return _bool
+    if "float" in kinds:
+        return _float
+    return _int
+
+
+def _rule_parser(name: str, fn) -> tuple[ArgumentParser, list[str]]:
+    """A parser for ``graphattn show NAME``: --n, --max-nodes and the rule's own keyword
+    parameters (``--global-indices 0,5``, ``--causal``), typed from its signature."""
+    doc = (inspect.getdoc(fn) or "").split("\n\n")[0]
+    p = ArgumentParser(prog=f"graphattn show {name}", description=doc, allow_abbrev=False)
+    content = name in ("lsh", "kmeans")
+    p.add_argument("--n", type=int_at_least(1), default=32,
+                   help="tokens (default 32)" + ("; the rule runs on n random vectors of width 32 (seed 0)"
+                                                 if content else ""))
+    p.add_argument("--max-nodes", type=int_at_least(1), default=64, help="largest grid drawn (default 64)")
+    names = []
+    for param in inspect.signature(fn).parameters.values():
+        if param.kind is not inspect.Parameter.KEYWORD_ONLY:
+            continue
+        kind = _option_type(param)
+        if kind is None:
+            continue
+        required = param.default is inspect.Parameter.empty
+        flag = "--" + param.name.replace("_", "-")
+        extra = {"nargs": "?", "const": True} if kind is _bool else {}
+        help_text = "required" if required else f"default {param.default!r}"
+        if kind in (int_list, _int_or_int_list):
+            help_text += "; a comma list such as 0,5 (one element: 5)"
+        # SUPPRESS: a parameter not given is not passed, so the rule's own default applies
+        p.add_argument(flag, dest=param.name, type=kind, required=required, default=argparse.SUPPRESS,
+                       help=help_text, **extra)
+        names.append(param.name)
+    return p, names
 
 
 def _build(name: str, n: int, params: dict):
     import torch
 
-    rules = _rules()
-    if name not in rules:
-        raise CLIError(f"unknown rule {name!r}; valid rules: {', '.join(sorted(rules))}")
-    fn = rules[name]
-    sig = inspect.signature(fn)
-    valid = [p for p in sig.parameters if p not in ("n", "x", "queries")]
-    for key in params:
-        if key not in valid:
-            raise CLIError(f"rule {name} has no parameter {key!r}; valid parameters: {', '.join(valid)}")
+    fn = _rules()[name]
     try:
-        if name in ("lsh", "kmeans"):  # content-based: random unit vectors stand in for queries
+        if name in ("lsh", "kmeans"):  # content-based: random vectors stand in for queries
             x = torch.randn(n, 32, generator=torch.Generator().manual_seed(0))
             return fn(x, **params)
         return fn(n, **params)
+    except MemoryBudgetError as err:
+        raise CLIError(f"{err}; try a smaller --n") from None
     except (TypeError, ValueError) as err:
         raise CLIError(f"{name}: {err}") from None
 
 
 def _cmd_show(args) -> int:
-    params = {}
-    extra = list(args.params)
-    if len(extra) % 2:
-        raise CLIError("expected parameters as --name value pairs, got an odd count")
-    for flag, value in zip(extra[::2], extra[1::2]):
-        if not flag.startswith("--"):
-            raise CLIError(f"expected a --name before {flag!r}")
-        params[flag[2:].replace("-", "_")] = _parse_value(value)
-    g = _build(args.rule, args.n, params)
+    parser, names = _rule_parser(args.rule, _rules()[args.rule])
+    opts, unknown = parser.parse_known_args(args.options)
+    if unknown:
+        valid = ", ".join("--" + k.replace("_", "-") for k in names)
+        raise UsageError(f"rule {args.rule} has no parameter {unknown[0]!r}; its parameters: {valid} "
+                         f"(and --n, --max-nodes)")
+    params = {k: getattr(opts, k) for k in names if hasattr(opts, k)}
+    g = _build(args.rule, opts.n, params)
     from graphattn.analysis import summary
 
-    print(g.to_string(max_nodes=args.max_nodes))
+    print(g.to_string(max_nodes=opts.max_nodes))
     print(repr(g))
     for key, value in summary(g).items():
         print(f"  {key}: {value}")
     return 0
 
 
-def atlas_rows(n: int, *, progress: bool | None = None):
-    """Rows of the atlas table at ``n`` tokens: one per catalog rule (see graphattn.catalog)."""
+# ------------------------------------------------------------------------------------ atlas
+def atlas_memory_estimate(n: int) -> tuple[int, str]:
+    """``(bytes, the variant that needs them)``: the peak of the atlas table at ``n`` tokens,
+    the largest variant built and analysed (one at a time) from its edge estimate."""
+    from graphattn.catalog import edge_estimates
+
+    name, edges = max(edge_estimates(n).items(), key=lambda kv: kv[1])
+    nodes = 3 * n  # tokens and extra nodes: at most 2n + 1 (Star-Transformer, BP-Transformer)
+    return edges * ATLAS_BYTES_PER_EDGE + nodes * ATLAS_BYTES_PER_NODE, f"{name}: {edges:,} edges"
+
+
+def atlas_rows(n: int, *, progress: bool | None = None) -> list[list]:
+    """Rows of the atlas table at ``n`` tokens: one per variant of :func:`graphattn.catalog.default_rules`
+    (each graph is dropped once analysed, so the peak is the largest one)."""
     import math
 
     from graphattn.analysis import contains_star, hops_to_cover, spectral
@@ -93,38 +187,70 @@ def atlas_rows(n: int, *, progress: bool | None = None):
 
     builders = default_rules(n)
     bar = Progress(len(builders), "atlas", enabled=progress)
-    rows, graphs = [], {}
+    rows = []
     for name, build in builders.items():
         g = build()
-        graphs[name] = g
         deg = g.keys_per_query()[: g.num_tokens].double()
         hops = hops_to_cover(g)
         eps = spectral(g)["epsilon"]
         rows.append([name, g.num_nodes, g.num_edges, f"{deg.mean():.1f}", int(deg.max()),
                      "inf" if math.isinf(hops) else int(hops), "yes" if contains_star(g) else "no",
                      f"{eps:.3f}"])
+        del g
         bar.step(name)
-    return rows, graphs
+    return rows
+
+
+def _require_matplotlib() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise CLIError("the PNG atlas (--out) needs matplotlib: pip install 'graphattn[plots]'") from None
+
+
+def _output_dir(text: str) -> Path:
+    """``--out``: a directory that exists (created if need be) and can be written to."""
+    path = Path(text)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise CLIError(f"cannot use --out {text!r} as a directory: {err.strerror or err}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise CLIError(f"cannot write to --out {text!r}: permission denied")
+    return path
 
 
 def _cmd_atlas(args) -> int:
     from graphattn.bench._timing import format_table
 
-    if args.n < 16:
-        raise CLIError(f"expected --n >= 16, got {args.n}")
-    rows, graphs = atlas_rows(args.n)
-    print(f"graphattn atlas: every catalog rule at n = {args.n} tokens")
+    if args.out is not None:  # every check before the work
+        _require_matplotlib()
+    estimate, largest = atlas_memory_estimate(args.n)
+    try:
+        check_memory(f"graphattn atlas --n {args.n}: its largest variant ({largest}) and its analyses", estimate)
+    except MemoryBudgetError as err:
+        raise CLIError(f"{err}; try a smaller --n") from None
+    out = None if args.out is None else _output_dir(args.out)
+    try:
+        rows = atlas_rows(args.n)
+    except MemoryBudgetError as err:  # a rule's own check, should the estimate fall short
+        raise CLIError(f"{err}; try a smaller --n") from None
+    print(f"graphattn atlas: every rule at n = {args.n} tokens (peak memory estimate {format_bytes(estimate)})")
     print(format_table(["rule", "nodes", "edges", "keys/query", "max", "hops to cover", "star", "epsilon"], rows))
-    if args.out:
+    if out is not None:
+        from graphattn.catalog import ATLAS_CAPTION, atlas_panels
+        from graphattn.plots import save_atlas
+
+        graphs = {name: build() for name, build in atlas_panels().items()}
         try:
-            from graphattn.plots import save_atlas
-        except ImportError as err:
-            raise CLIError(f"the PNG atlas needs matplotlib (pip install 'graphattn[plots]'): {err}") from None
-        path = save_atlas(graphs, Path(args.out))
-        print(f"wrote {path}")
+            path = save_atlas(graphs, out, title=ATLAS_TITLE, caption=ATLAS_CAPTION)
+        except OSError as err:
+            raise CLIError(f"cannot write the atlas into --out {args.out!r}: {err.strerror or err}") from None
+        print(f"wrote {path} (every pattern at its own size, see the caption)")
     return 0
 
 
+# ------------------------------------------------------------------------------- study, bench
 def _cmd_study(args) -> int:
     from graphattn.study import format_study, run_study
 
@@ -132,53 +258,57 @@ def _cmd_study(args) -> int:
         result = run_study(num_tokens=args.tokens, progress=None)
     except ImportError as err:
         raise CLIError(f"the study needs the 'study' extra (pip install 'graphattn[study]'): {err}") from None
+    except ValueError as err:  # --tokens beyond the model's positions or the text
+        raise CLIError(f"study: {err}") from None
     print(format_study(result))
     return 0
 
 
-def _cmd_bench(args) -> int:
+def _cmd_bench(argv: list[str]) -> int:
     from graphattn.bench.__main__ import main as bench_main
 
-    return bench_main(args.bench_args)
+    return bench_main(argv, prog="graphattn bench")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="graphattn", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command")
-    a = sub.add_parser("atlas", help="every catalog rule: table (and PNG atlas with --out)")
-    a.add_argument("--n", type=int, default=512, help="tokens (default 512)")
+def build_parser() -> ArgumentParser:
+    from graphattn.rules import RULES
+
+    parser = ArgumentParser(prog="graphattn", description=__doc__.split("\n\n")[0],
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"graphattn {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="{atlas,show,study,bench}")
+    a = sub.add_parser("atlas", help="every rule: a table at --n tokens (and a PNG atlas with --out)")
+    a.add_argument("--n", type=int_at_least(16), default=512, help="tokens of the table (default 512)")
     a.add_argument("--out", default=None, help="directory for atlas.png (needs matplotlib)")
     a.set_defaults(func=_cmd_atlas)
-    s = sub.add_parser("show", help="ASCII grid and summary of one rule; extra --param value pairs")
-    s.add_argument("rule")
-    s.add_argument("--n", type=int, default=32)
-    s.add_argument("--max-nodes", type=int, default=64)
-    s.set_defaults(func=_cmd_show, params=[])
+    s = sub.add_parser("show", help="ASCII grid and summary of one rule (graphattn show RULE --help)",
+                       description="ASCII grid and summary of one rule; its parameters as --name value "
+                                   "(graphattn show RULE --help lists them).")
+    s.add_argument("rule", choices=RULES, metavar="RULE", help=f"one of {', '.join(RULES)}")
+    s.add_argument("options", nargs=argparse.REMAINDER, help="--n N, --max-nodes M and the rule's parameters")
+    s.set_defaults(func=_cmd_show)
     st = sub.add_parser("study", help="is attention sparse? a real pretrained model's attention vs every pattern")
-    st.add_argument("--tokens", type=int, default=256)
+    st.add_argument("--tokens", type=int_at_least(2), default=256, help="tokens of text (default 256, at most 512)")
     st.set_defaults(func=_cmd_study)
-    b = sub.add_parser("bench", help="benchmark suites (python -m graphattn.bench --help)", add_help=False)
-    b.add_argument("bench_args", nargs=argparse.REMAINDER)
-    b.set_defaults(func=_cmd_bench)
+    sub.add_parser("bench", help="benchmark suites (graphattn bench --help)", add_help=False)
     return parser
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0].startswith("--n") or argv[0] == "--out":
-        argv = ["atlas", *argv]  # the main job on a built-in default
-    args, unknown = parser.parse_known_args(argv)
-    if args.command == "show":
-        args.params = unknown  # the rule's own parameters, checked against its signature
-    elif unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
+        if argv[:1] == ["bench"]:  # the suites parse their own arguments, --help included
+            return _cmd_bench(argv[1:])
+        if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
+            argv = ["atlas", *argv]  # the main job
+        args = build_parser().parse_args(argv)
         return args.func(args)
-    except CLIError as err:
-        print(f"graphattn: error: {err}", file=sys.stderr)
-        return 2
+    except (UsageError, CLIError) as err:
+        return report_usage_error(err)
+    except BrokenPipeError:  # stdout closed early (graphattn show ... | head): not an error to report
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # the interpreter's final flush then goes nowhere
+        return 1
 
 
 if __name__ == "__main__":

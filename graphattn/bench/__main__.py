@@ -1,4 +1,8 @@
-"""``python -m graphattn.bench SUITE``: run a benchmark suite and print a markdown table."""
+"""``python -m graphattn.bench SUITE``: run a benchmark suite and print a markdown table.
+
+Tables go to stdout, progress lines to stderr; a mistake in the arguments is one line,
+``graphattn: error: ...``, and exit status 2.
+"""
 
 from __future__ import annotations
 
@@ -7,68 +11,103 @@ import sys
 
 import torch
 
+from graphattn._args import ArgumentParser, UsageError, int_at_least, report_usage_error
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m graphattn.bench", description=__doc__)
-    sub = parser.add_subparsers(dest="suite", required=True)
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+    return value
+
+
+def _progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def build_parser(prog: str = "python -m graphattn.bench") -> ArgumentParser:
+    from graphattn.bench.attention import METHODS, PATTERNS
+    from graphattn.bench.distributed import PATTERNS as HALO_PATTERNS
+
+    count = int_at_least(1)
+    parser = ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="suite", required=True, metavar="SUITE")
     p = sub.add_parser("graphs", help="edge-construction speed of every rule at scale")
-    p.add_argument("--scale", type=float, default=1.0, help="multiply every n by this (default 1)")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--scale", type=_positive_float, default=1.0, help="multiply every n by this (default 1)")
+    p.add_argument("--repeats", type=count, default=3)
     p.add_argument("--only", default=None, help="run the rules whose name contains this text")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--threads", type=count, default=None, help="torch threads (default: torch's)")
     a = sub.add_parser("attention", help="graph attention vs dense SDPA, Longformer, BigBird, gather/scatter, CSR, FlexAttention")
-    a.add_argument("--n", type=int, nargs="+", default=[4096, 16384, 65536])
-    a.add_argument("--patterns", nargs="+", default=["band", "bigbird", "random"])
-    a.add_argument("--methods", nargs="+", default=None, help="subset of the methods (default all)")
-    a.add_argument("--heads", type=int, default=4)
-    a.add_argument("--head-dim", type=int, default=64)
-    a.add_argument("--repeats", type=int, default=3)
-    a.add_argument("--timeout", type=int, default=600, help="seconds per cell")
+    a.add_argument("--n", type=count, nargs="+", default=[4096, 16384, 65536])
+    a.add_argument("--patterns", nargs="+", default=list(PATTERNS), choices=PATTERNS)
+    a.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS,
+                   help="subset of the methods (default all)")
+    a.add_argument("--heads", type=count, default=4)
+    a.add_argument("--head-dim", type=count, default=64)
+    a.add_argument("--repeats", type=count, default=3)
+    a.add_argument("--timeout", type=count, default=600, help="seconds per cell")
     d = sub.add_parser("distributed", help="sequence-parallel halo plan per pattern and world size, and a measured gloo run")
-    d.add_argument("--n", type=int, nargs="+", default=[2**20])
-    d.add_argument("--world", type=int, nargs="+", default=[2, 8, 64, 1024])
-    d.add_argument("--patterns", nargs="+", default=None, help="subset of the patterns (default all)")
-    d.add_argument("--max-ranks", type=int, default=16, help="ranks simulated per world size")
-    d.add_argument("--heads", type=int, default=4)
-    d.add_argument("--head-dim", type=int, default=64)
-    d.add_argument("--measure", type=int, nargs="*", default=[2, 4], help="gloo world sizes to run (none: skip)")
-    d.add_argument("--measure-n", type=int, default=65536)
-    d.add_argument("--repeats", type=int, default=3)
+    d.add_argument("--n", type=count, nargs="+", default=[2**20])
+    d.add_argument("--world", type=count, nargs="+", default=[2, 8, 64, 1024])
+    d.add_argument("--patterns", nargs="+", default=list(HALO_PATTERNS), choices=list(HALO_PATTERNS),
+                   metavar="PATTERN",
+                   help=f"subset of the patterns (default all: {', '.join(map(repr, HALO_PATTERNS))})")
+    d.add_argument("--max-ranks", type=int_at_least(2), default=16, help="ranks simulated per world size")
+    d.add_argument("--heads", type=count, default=4)
+    d.add_argument("--head-dim", type=count, default=64)
+    d.add_argument("--measure", type=int_at_least(2), nargs="*", default=[2, 4],
+                   help="gloo world sizes to run (none: skip)")
+    d.add_argument("--measure-n", type=count, default=65536)
+    d.add_argument("--repeats", type=count, default=3)
     m = sub.add_parser("models", help="reversible vs plain encoder memory, chunked FFN, LSH and routing vs dense")
     m.add_argument("--suites", nargs="+", default=["encoder", "ffn", "attention"],
                    choices=["encoder", "ffn", "attention"])
-    m.add_argument("--n", type=int, nargs="+", default=[4096, 16384, 65536], help="attention lengths")
-    m.add_argument("--encoder-n", type=int, default=4096)
-    m.add_argument("--ffn-n", type=int, default=65536)
-    m.add_argument("--depth", type=int, default=24)
-    m.add_argument("--embed-dim", type=int, default=256)
-    m.add_argument("--heads", type=int, default=4)
-    m.add_argument("--repeats", type=int, default=3)
-    m.add_argument("--timeout", type=int, default=600, help="seconds per cell")
+    m.add_argument("--n", type=count, nargs="+", default=[4096, 16384, 65536], help="attention lengths")
+    m.add_argument("--encoder-n", type=count, default=4096)
+    m.add_argument("--ffn-n", type=count, default=65536)
+    m.add_argument("--depth", type=count, default=24)
+    m.add_argument("--embed-dim", type=count, default=256)
+    m.add_argument("--heads", type=count, default=4)
+    m.add_argument("--repeats", type=count, default=3)
+    m.add_argument("--timeout", type=count, default=600, help="seconds per cell")
     ex = sub.add_parser("exactness", help="forward and gradient errors against float64 per engine path as scores grow")
-    ex.add_argument("--n", type=int, default=256)
+    ex.add_argument("--n", type=count, default=256)
     gp = sub.add_parser("gpu", help="fused Triton kernels on a CUDA GPU: exactness, timings vs SDPA, FlexAttention, gather/scatter")
     gp.add_argument("--out", default="gpu_bench.md", help="markdown report path (default ./gpu_bench.md)")
-    gp.add_argument("--budget", type=float, default=480.0, help="seconds for the whole run (default 480)")
-    gp.add_argument("--max-n", type=int, default=1048576, help="largest sequence length timed")
-    gp.add_argument("--exact-n", type=int, default=4096, help="nodes of the exactness graphs")
+    gp.add_argument("--budget", type=_positive_float, default=480.0, help="seconds for the whole run (default 480)")
+    gp.add_argument("--max-n", type=count, default=1048576, help="largest sequence length timed")
+    gp.add_argument("--exact-n", type=count, default=4096, help="nodes of the exactness graphs")
     gp.add_argument("--allow-cpu", action="store_true", help=argparse.SUPPRESS)  # dry runs in the tests
     gc = sub.add_parser("gpu-compile", help="compile the fused kernels for a GPU (no GPU needed): registers, spills, "
                                            "shared memory, tensor cores")
     gc.add_argument("--arch", type=int, choices=[80, 90], default=90, help="compute capability (default 90: H100/H200)")
-    gc.add_argument("--n", type=int, default=4096, help="nodes of the stand-in graphs")
+    gc.add_argument("--n", type=count, default=4096, help="nodes of the stand-in graphs")
     gc.add_argument("--sweep", action="store_true",
                     help="compile the dense kernels under every (warps, stages) per class and print the choices")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None, *, prog: str = "python -m graphattn.bench") -> int:
+    try:
+        args = build_parser(prog).parse_args(argv)
+    except UsageError as err:
+        return report_usage_error(err)
+    return _run(args)
+
+
+def _run(args) -> int:
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     if args.suite == "attention":
-        from graphattn.bench.attention import METHODS, run
+        from graphattn.bench.attention import run
 
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; fp32, "
               f"{args.heads} heads x {args.head_dim}; medians of {args.repeats}")
-        print(run(ns=args.n, patterns=args.patterns, methods=args.methods or METHODS, H=args.heads,
-                  D=args.head_dim, repeats=args.repeats, timeout=args.timeout))
+        print(run(ns=args.n, patterns=args.patterns, methods=args.methods, H=args.heads,
+                  D=args.head_dim, repeats=args.repeats, timeout=args.timeout, log=_progress))
     if args.suite == "exactness":
         from graphattn.bench.exactness import run
 
@@ -79,13 +118,13 @@ def main(argv=None) -> int:
         from graphattn.bench.graphs import run
 
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-        print(run(scale=args.scale, repeats=args.repeats, only=args.only))
+        print(run(scale=args.scale, repeats=args.repeats, only=args.only, log=_progress))
     if args.suite == "distributed":
-        from graphattn.bench.distributed import PATTERNS, measured_table, plan_table
+        from graphattn.bench.distributed import measured_table, plan_table
 
         print(f"torch {torch.__version__}; plan for {args.heads} heads x {args.head_dim} fp32 "
               f"(keys + values), up to {args.max_ranks} simulated ranks per world size")
-        print(plan_table(args.n, args.world, args.patterns or list(PATTERNS), H=args.heads,
+        print(plan_table(args.n, args.world, args.patterns, H=args.heads,
                          D=args.head_dim, max_ranks=args.max_ranks))
         if args.measure:
             print(f"\nmeasured: band r=128, n={args.measure_n:,}, {args.heads} heads x {args.head_dim}, "
@@ -97,7 +136,7 @@ def main(argv=None) -> int:
 
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; fp32; each cell in its own process")
         print(run(suites=args.suites, ns=args.n, encoder_n=args.encoder_n, ffn_n=args.ffn_n, depth=args.depth,
-                  E=args.embed_dim, H=args.heads, repeats=args.repeats, timeout=args.timeout))
+                  E=args.embed_dim, H=args.heads, repeats=args.repeats, timeout=args.timeout, log=_progress))
     if args.suite == "gpu":
         from graphattn.bench.gpu import main as gpu_main
 

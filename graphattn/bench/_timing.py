@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-__all__ = ["Measurement", "measure", "format_table", "spawn_worker"]
+__all__ = ["Measurement", "measure", "format_table", "spawn_worker", "describe_cell"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,24 @@ def format_table(headers: list[str], rows: list[list]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in text)) if text else len(h) for i, h in enumerate(headers)]
     line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
     return "\n".join([line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, text)])
+
+
+_CELL_FIELDS = (  # (key, text): how a worker's result reads in a progress line
+    ("time_s", "{:.3f} s"), ("setup_s", "one-time {:.2f} s"), ("blockmask_s", "block mask {:.2f} s"),
+    ("peak_rss_gib", "peak RSS {:.2f} GiB"), ("base_rss_gib", "start RSS {:.2f} GiB"),
+    ("mmap_gib", "mmap 64K peak - start {:.2f} GiB"),
+)
+
+
+def describe_cell(result: dict) -> str:
+    """A benchmark cell's result as a progress line: ``0.123 s, peak RSS 1.20 GiB`` or
+    ``skipped: why``."""
+    if "skip" in result:
+        return f"skipped: {result['skip']}"
+    parts = [text.format(result[key]) for key, text in _CELL_FIELDS if result.get(key) is not None]
+    known = {key for key, _ in _CELL_FIELDS}
+    parts += [f"{key} {value}" for key, value in result.items() if key not in known]
+    return ", ".join(parts)
 
 
 def spawn_worker(module: str, spec: dict, timeout: int, env: dict | None = None) -> dict:

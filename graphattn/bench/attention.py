@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from graphattn.bench._timing import format_table, measure, spawn_worker
+from graphattn.bench._timing import describe_cell, format_table, measure, spawn_worker
 
 __all__ = ["run", "run_cell", "PATTERNS", "METHODS"]
 
@@ -142,7 +142,7 @@ def run(ns=(4096, 16384, 65536), patterns=PATTERNS, methods=METHODS, H=4, D=64, 
                 for mode in ("fwd", "fwd+bwd"):
                     r = {"skip": why} if why else _spawn(method, pattern, n, H, D, mode, repeats, timeout)
                     results[(pattern, n, method, mode)] = r
-                    log(f"  {pattern:8s} n={n:<6d} {method:15s} {mode:8s} {r}")
+                    log(f"  {pattern:8s} n={n:<6d} {method:15s} {mode:8s} {describe_cell(r)}")
     for (pattern, n, method, mode), r in results.items():
         mine = results.get((pattern, n, "graphattn", mode), {})
         if "skip" in r:

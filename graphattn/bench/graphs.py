@@ -50,7 +50,8 @@ def cases(scale: float = 1.0):
     ]
 
 
-def run(scale: float = 1.0, repeats: int = 3, only: str | None = None) -> str:
+def run(scale: float = 1.0, repeats: int = 3, only: str | None = None, log=None) -> str:
+    """The table; ``log(line)`` (optional) gets a progress line per rule."""
     rows = []
     for name, n, build, peer in cases(scale):
         if only and only not in name:
@@ -62,5 +63,7 @@ def run(scale: float = 1.0, repeats: int = 3, only: str | None = None) -> str:
         pm = measure(peer if peer is not None else (lambda e=e: _bare_edges(e)), repeats=repeats)
         rows.append([name, f"{n:,}", f"{e:,}", f"{e / n:.1f}", f"{m.median_s:.3f}",
                      f"{e / m.median_s / 1e6:.0f}", f"{pm.median_s:.3f}", f"{m.median_s / pm.median_s:.1f}x"])
+        if log is not None:
+            log(f"  {name:28s} n={n:<9,d} {e:>13,d} edges  build {m.median_s:.3f} s  bare peer {pm.median_s:.3f} s")
     return format_table(
         ["rule", "n", "edges", "edges/token", "build s", "Medges/s", "bare peer s", "vs peer"], rows)

@@ -23,7 +23,7 @@ import sys
 
 import torch
 
-from graphattn.bench._timing import format_table, measure, spawn_worker
+from graphattn.bench._timing import describe_cell, format_table, measure, spawn_worker
 
 __all__ = ["run", "run_cell", "SUITES"]
 
@@ -149,7 +149,7 @@ def run(suites=SUITES, ns=(4096, 16384, 65536), encoder_n=4096, ffn_n=65536, dep
             if suite != "attention" and "skip" not in r:
                 m = _spawn(spec, timeout, MMAP_ENV)
                 r["mmap_gib"] = m["peak_rss_gib"] - m["base_rss_gib"] if "skip" not in m else None
-            log(f"  {suite:9s} {variant:18s} n={n:<6d} {mode:8s} {r}")
+            log(f"  {suite:9s} {variant:18s} n={n:<6d} {mode:8s} {describe_cell(r)}")
             rows[suite].append((variant, n, mode, r))
     heads = {
         "encoder": f"SparseEncoder, depth {depth}, E={E}, {H} heads, band radius {BAND_RADIUS}, one fwd+bwd",

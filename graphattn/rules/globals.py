@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 
 from graphattn._validate import check_index_list, check_int, check_query_range, renamed_parameters
@@ -12,7 +14,7 @@ __all__ = ["global_tokens", "global_nodes"]
 
 
 @renamed_parameters(indices="global_indices")
-def global_tokens(n: int, *, global_indices, queries: range | None = None) -> AttentionGraph:
+def global_tokens(n: int, *, global_indices: Sequence[int], queries: range | None = None) -> AttentionGraph:
     """Internal transformer construction (ITC; Longformer, BigBird): the chosen tokens attend
     every token and are attended by every token; every token keeps its self-loop.
 

@@ -14,7 +14,7 @@ from graphattn.rules.position import dilated
 __all__ = ["longformer"]
 
 
-def longformer(n: int, *, radius: int, dilation: int | Sequence[int] = 1, global_indices=(),
+def longformer(n: int, *, radius: int, dilation: int | Sequence[int] = 1, global_indices: Sequence[int] = (),
                queries: range | None = None) -> AttentionGraph:
     """Longformer attention: a (dilated) band of ``radius`` plus ITC global tokens.
 
