@@ -1,10 +1,10 @@
 """Structure of attention graphs: size, reach and the universal-approximation conditions.
 
-Reading convention (``shared/CATALOG.md``): the edge ``(j, i)`` means query ``i`` attends key
+Reading convention (see :mod:`graphattn`): the edge ``(j, i)`` means query ``i`` attends key
 ``j``, so in one layer information flows from ``j`` to ``i``. Stacking layers composes these
 one-step flows, and the residual connection keeps every node's own state, so after ``L`` layers
 token ``u`` can influence token ``v`` exactly when the graph holds a directed path ``u -> v`` of
-at most ``L`` edges (Yun et al., 2020, Sec. 3; the "receptive field" of the catalog). Paths may
+at most ``L`` edges (Yun et al., 2020, Sec. 3; the "receptive field"). Paths may
 pass through extra nodes (ETC globals, the Star relay, BPT spans): those nodes are updated by
 every layer too. A per-head layout (``head_mask``) counts an edge when any head uses it: heads
 are mixed by the output projection of the same layer.
@@ -178,7 +178,7 @@ def hops_to_cover(g: AttentionGraph) -> int | float:
     the edges key -> query (paths may pass through extra nodes). ``math.inf`` when some token
     never reaches another; 0 for fewer than two tokens.
 
-    This is the token diameter of the graph, the depth the catalog calls the receptive-field
+    This is the token diameter of the graph, the depth also called the receptive-field
     depth (Yun et al., 2020: ``S^s_k = [n]`` for ``s`` at least this many layers of one
     pattern), and the least ``L`` for which :func:`receptive_field` counts every token.
     Closed forms: a band of radius ``r`` on ``n`` tokens gives ``ceil((n-1)/r)``; any pattern

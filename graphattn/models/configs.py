@@ -1,4 +1,4 @@
-"""Ready configurations of :class:`~graphattn.models.SparseEncoder`: each catalog system as a
+"""Ready configurations of :class:`~graphattn.models.SparseEncoder`: each sparse-attention system as a
 per-layer graph schedule over the one engine.
 
 Graphs depend on the input length, so every factory returns an encoder whose schedule holds

@@ -1,6 +1,6 @@
 """A transformer encoder whose layer ``l`` attends over its own attention graph.
 
-Every sparse-attention system of the catalog (Longformer, BigBird, ETC, Reformer, Routing) is
+Every sparse-attention system (Longformer, BigBird, ETC, Reformer, Routing) is
 this one stack with a different per-layer graph schedule (:mod:`graphattn.models.configs`):
 the attention is always :class:`~graphattn.nn.GraphAttention` over a graph from
 :mod:`graphattn.rules`, or a content-based layer (LSH, routing) that builds its graph from the

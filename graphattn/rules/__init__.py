@@ -26,7 +26,7 @@ from graphattn.rules.random_graphs import erdos_renyi, random, random_regular
 from graphattn.rules.sliding_window import longformer
 from graphattn.rules.star import star_transformer
 
-#: The rules, in catalog order: each returns an AttentionGraph.
+#: The rules, from atomic to combined: each returns an AttentionGraph.
 RULES = (
     "full", "band", "dilated", "block_local",
     "global_tokens", "global_nodes",

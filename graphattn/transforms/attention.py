@@ -1,7 +1,7 @@
 """PyG transforms that attach attention graphs to ``Data`` objects, batch-safe.
 
 The attention edges of a graph are stored as a ``[2, E]`` tensor under a key containing
-``"index"`` (default ``attn_edge_index``), in the catalog convention (row 0 key ``j``, row 1
+``"index"`` (default ``attn_edge_index``), in graphattn's convention (row 0 key ``j``, row 1
 query ``i``: query ``i`` attends key ``j``; PyG's ``source_to_target`` flow). PyG batches such keys
 like ``edge_index`` (``Data.__cat_dim__`` is -1, ``Data.__inc__`` is the graph's ``num_nodes``), so
 in a batch every graph's attention edges are offset into its own node range: the batched

@@ -1,4 +1,4 @@
-"""graphattn.analysis.scaling: growth exponents and labels of the catalog rules."""
+"""graphattn.analysis.scaling: growth exponents and labels of the rules."""
 
 import pytest
 import torch
