@@ -49,6 +49,9 @@ def build_parser(prog: str = "python -m graphattn.bench") -> ArgumentParser:
     a.add_argument("--head-dim", type=count, default=64)
     a.add_argument("--repeats", type=count, default=3)
     a.add_argument("--timeout", type=count, default=600, help="seconds per cell")
+    a.add_argument("--floor", action="store_true",
+                   help="measure the fp32 matmul rate in the same run and report each graphattn cell's time / FLOP floor")
+    a.add_argument("--large", action="store_true", help="add n = 2^20 for graphattn (and its time / 16 x the 65,536 time)")
     d = sub.add_parser("distributed", help="sequence-parallel halo plan per pattern and world size, and a measured gloo run")
     d.add_argument("--n", type=count, nargs="+", default=[2**20])
     d.add_argument("--world", type=count, nargs="+", default=[2, 8, 64, 1024])
@@ -107,7 +110,8 @@ def _run(args) -> int:
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; fp32, "
               f"{args.heads} heads x {args.head_dim}; medians of {args.repeats}")
         print(run(ns=args.n, patterns=args.patterns, methods=args.methods, H=args.heads,
-                  D=args.head_dim, repeats=args.repeats, timeout=args.timeout, log=_progress))
+                  D=args.head_dim, repeats=args.repeats, timeout=args.timeout, log=_progress,
+                  floor=args.floor, large=args.large))
     if args.suite == "exactness":
         from graphattn.bench.exactness import run
 

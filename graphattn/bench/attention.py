@@ -5,11 +5,19 @@ dense SDPA over all pairs with the graph as mask, a plain-torch blocked sliding 
 Longformer self-attention, PyG-style gather/scatter message passing, torch.sparse CSR, compiled
 FlexAttention (forward only: it has no CPU backward), and HF's BigBird block-sparse attention.
 Every cell runs in its own process, so peak RSS is that cell's own (``ru_maxrss``).
+
+``--floor``: the machine's fp32 matmul rate, measured in the same run (a 2048 x 2048 GEMM in its
+own process, same threads), and for every graphattn cell the ratio of its time to its FLOP floor:
+the FLOPs of the graph's edges (``4 E H D`` forward, 3.5 times that forward+backward, as flash
+attention counts, recomputation included) at that rate. ``--large`` adds n = 2^20 for graphattn
+(the peers cannot run there: dense is n^2, gather/scatter holds ``[E, H, D]``) and the ratio of
+its time to 16 times its time at 65,536 tokens (``x linear``).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import resource
 import sys
 import time
@@ -18,13 +26,32 @@ import torch
 
 from graphattn.bench._timing import describe_cell, format_table, measure, spawn_worker
 
-__all__ = ["run", "run_cell", "PATTERNS", "METHODS"]
+__all__ = ["run", "run_cell", "matmul_rate", "edge_flops", "glibc_settings", "PATTERNS", "METHODS", "LARGE_N"]
 
 PATTERNS = ("band", "bigbird", "random")
 METHODS = ("graphattn", "dense_sdpa", "blocked", "hf_longformer", "gather_scatter", "sparse_csr",
            "flex", "hf_bigbird")
 RADIUS, BLOCK, RANDOM_KEYS = 128, 64, 32
+LARGE_N = 1 << 20
 _GIB = 1 << 30
+
+
+def edge_flops(pattern_edges: int, H: int, D: int, mode: str) -> float:
+    """FLOPs of a graph's edges: ``4 E H D`` forward (scores and values), 3.5x forward+backward."""
+    return 4.0 * pattern_edges * H * D * (3.5 if mode == "fwd+bwd" else 1.0)
+
+
+def matmul_rate(n: int = 2048, repeats: int = 10) -> float:
+    """fp32 GEMM rate of this process (FLOP/s): the median of ``repeats`` ``n x n`` products."""
+    a, b = (torch.randn(n, n, generator=torch.Generator().manual_seed(i)) for i in range(2))
+    return 2.0 * n**3 / measure(lambda: a @ b, repeats=repeats, warmup=2).median_s
+
+
+def glibc_settings() -> str:
+    """The malloc tunables of this environment (they move large-tensor timings)."""
+    keys = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_ARENA_MAX")
+    set_ = [f"{k}={os.environ[k]}" for k in keys if k in os.environ]
+    return ", ".join(set_) if set_ else "glibc malloc defaults (buffers over 32 MB go back to the OS when freed)"
 
 
 def _graph(pattern: str, n: int):
@@ -49,6 +76,8 @@ def applicable(method: str, pattern: str, n: int, H: int, D: int) -> str | None:
         return "bigbird only"
     if method == "sparse_csr" and pattern != "random":
         return "random only"
+    if n >= LARGE_N and method != "graphattn":
+        return f"n = {n:,}: graphattn only"
     if method == "dense_sdpa" and n > 16384:
         return "n^2 (21 s forward at 65,536)"
     if method == "gather_scatter" and edges * H * D * 4 * 7 > 12 * _GIB:
@@ -66,6 +95,8 @@ def run_cell(method: str, pattern: str, n: int, H: int, D: int, mode: str, repea
     from graphattn.bench import peers
     from graphattn.nn import graph_attention
 
+    if method == "matmul":
+        return {"rate": matmul_rate()}
     backward = mode == "fwd+bwd"
     q, k, v = _inputs(n, H, D, backward)
     info: dict = {}
@@ -76,6 +107,7 @@ def run_cell(method: str, pattern: str, n: int, H: int, D: int, mode: str, repea
 
         get_plan(g, n, n, tile=64, dense_threshold=0.25)
         info["setup_s"] = time.perf_counter() - t0
+        info["edges"] = g.num_edges
         fn = lambda: graph_attention(q, k, v, g)  # noqa: E731
     elif method == "dense_sdpa":
         mask = _graph(pattern, n).to_dense()
@@ -130,9 +162,16 @@ def _spawn(method, pattern, n, H, D, mode, repeats, timeout) -> dict:
 
 
 def run(ns=(4096, 16384, 65536), patterns=PATTERNS, methods=METHODS, H=4, D=64, repeats=3,
-        timeout=600, log=print) -> str:
+        timeout=600, log=print, floor: bool = False, large: bool = False) -> str:
     rows = []
     results = {}
+    rate = None
+    if floor:
+        rate = spawn_worker("graphattn.bench.attention", dict(method="matmul", pattern="", n=0, H=0, D=0, mode="",
+                                                             repeats=0), timeout).get("rate")
+        log(f"  matmul rate {rate / 1e9:.1f} GFLOP/s" if rate else "  matmul rate: not measured")
+    if large and LARGE_N not in ns:
+        ns = tuple(ns) + (LARGE_N,)
     for pattern in patterns:
         for n in ns:
             for method in methods:
@@ -143,17 +182,24 @@ def run(ns=(4096, 16384, 65536), patterns=PATTERNS, methods=METHODS, H=4, D=64, 
                     r = {"skip": why} if why else _spawn(method, pattern, n, H, D, mode, repeats, timeout)
                     results[(pattern, n, method, mode)] = r
                     log(f"  {pattern:8s} n={n:<6d} {method:15s} {mode:8s} {describe_cell(r)}")
+    extra = (["x floor"] if rate else []) + (["x linear"] if large else [])
     for (pattern, n, method, mode), r in results.items():
         mine = results.get((pattern, n, "graphattn", mode), {})
         if "skip" in r:
-            rows.append([pattern, f"{n:,}", method, mode, "-", "-", "-", r["skip"]])
+            rows.append([pattern, f"{n:,}", method, mode, "-", "-", "-", r["skip"]] + [""] * len(extra))
             continue
         ratio = (f"{r['time_s'] / mine['time_s']:.1f}x" if "time_s" in mine and method != "graphattn" else "")
         setup = f"{r['setup_s']:.2f}" if "setup_s" in r else ""
-        rows.append([pattern, f"{n:,}", method, mode, f"{r['time_s']:.3f}", f"{r['peak_rss_gib']:.2f}",
-                     setup, ratio])
-    return format_table(["pattern", "n", "method", "mode", "time s", "peak RSS GiB", "one-time s",
-                         "peer / graphattn"], rows)
+        row = [pattern, f"{n:,}", method, mode, f"{r['time_s']:.3f}", f"{r['peak_rss_gib']:.2f}", setup, ratio]
+        if rate:
+            row.append(f"{r['time_s'] / (edge_flops(r['edges'], H, D, mode) / rate):.2f}" if "edges" in r else "")
+        if large:
+            base = results.get((pattern, 65536, method, mode), {})
+            row.append(f"{r['time_s'] / (16 * base['time_s']):.2f}" if n == LARGE_N and "time_s" in base else "")
+        rows.append(row)
+    head = (f"matmul rate {rate / 1e9:.1f} GFLOP/s (fp32 GEMM 2048, same run); " if rate else "") + glibc_settings()
+    return head + "\n" + format_table(["pattern", "n", "method", "mode", "time s", "peak RSS GiB", "one-time s",
+                                       "peer / graphattn"] + extra, rows)
 
 
 if __name__ == "__main__" and "--worker" in sys.argv:
