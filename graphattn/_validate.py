@@ -14,7 +14,7 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["renamed_parameters", "check_int", "check_float", "check_bool", "check_query_range", "check_index_list", "check_heads", "check_edge_index"]
+__all__ = ["renamed_parameters", "check_features", "check_int", "check_float", "check_bool", "check_query_range", "check_index_list", "check_heads", "check_edge_index"]
 
 
 def check_int(name: str, value, *, minimum: int | None = None, maximum: int | None = None) -> int:
@@ -61,6 +61,24 @@ def check_heads(embed_dim, num_heads) -> tuple[int, int, int]:
     if embed_dim % num_heads:
         raise ValueError(f"expected embed_dim divisible by num_heads, got {embed_dim} and {num_heads}")
     return embed_dim, num_heads, embed_dim // num_heads
+
+
+def check_features(x, width: int, *, name: str = "x", width_name: str = "embed_dim",
+                   min_tokens: int = 0) -> tuple[torch.Tensor, bool]:
+    """A layer's input: a floating ``[N, E]`` or ``[B, N, E]`` tensor with ``E = width`` and at
+    least ``min_tokens`` tokens; returns ``(x as [B, N, E], whether it was batched)``."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"expected {name} to be a torch.Tensor of shape [N, E] or [B, N, E], got {type(x).__name__}")
+    if x.dim() not in (2, 3):
+        raise ValueError(f"expected {name} of shape [N, E] or [B, N, E], got {list(x.shape)}")
+    if not x.dtype.is_floating_point:
+        raise TypeError(f"expected {name} to be a floating-point tensor, got dtype {x.dtype}")
+    if x.shape[-1] != width:
+        raise ValueError(f"expected {name} with last dim {width_name} = {width}, got {x.shape[-1]}")
+    if x.shape[-2] < min_tokens:
+        raise ValueError(f"expected {name} with N >= {min_tokens} tokens, got shape {list(x.shape)}")
+    batched = x.dim() == 3
+    return (x if batched else x.unsqueeze(0)), batched
 
 
 def check_query_range(queries, num_nodes: int) -> tuple[int, int]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from graphattn._validate import check_float, check_heads, check_int, renamed_parameters
+from graphattn._validate import check_features, check_float, check_heads, check_int, renamed_parameters
 from graphattn.graph import AttentionGraph
 from graphattn.nn.functional import graph_attention
 
@@ -110,16 +110,14 @@ class GraphAttention(nn.Module):
     def forward(self, x: torch.Tensor, graph, *, x_kv: torch.Tensor | None = None,
                 edge_bias: torch.Tensor | None = None, head_mask: torch.Tensor | None = None,
                 return_attention_weights: bool = False):
-        if not isinstance(x, torch.Tensor) or x.dim() not in (2, 3):
-            raise ValueError(f"expected x of shape [N, E] or [B, N, E], got "
-                             f"{list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
-        if x.shape[-1] != self.embed_dim:
-            raise ValueError(f"expected x with last dim embed_dim = {self.embed_dim}, got {x.shape[-1]}")
-        batched = x.dim() == 3
+        x, batched = check_features(x, self.embed_dim)
         kv = x if x_kv is None else x_kv
-        if kv.dim() != x.dim() or (batched and kv.shape[0] != x.shape[0]):
-            raise ValueError(f"expected x_kv with the batch layout of x, got {list(kv.shape)} and {list(x.shape)}")
-        B = x.shape[0] if batched else 1
+        if x_kv is not None:
+            kv, kv_batched = check_features(x_kv, self.kdim, name="x_kv", width_name="kdim")
+            if kv_batched != batched or kv.shape[0] != x.shape[0]:
+                raise ValueError(f"expected x_kv with the batch layout of x, got {list(x_kv.shape)} and "
+                                 f"{list(x.shape) if batched else list(x.shape[1:])}")
+        B = x.shape[0]
         N, Nk, H, D = x.shape[-2], kv.shape[-2], self.num_heads, self.head_dim
         q = self.q_proj(x).view(B, N, H, D)
         k = self.k_proj(kv).view(B, Nk, H, D)
