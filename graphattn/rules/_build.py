@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from graphattn._edge_sets import exclusive_cumsum
 from graphattn.graph import AttentionGraph, EdgeLabel
 
 __all__ = ["window_rows", "coalesce", "token_types", "ranges"]
@@ -58,6 +59,7 @@ def coalesce(key: torch.Tensor, query: torch.Tensor, num_nodes: int, *, node_typ
 
 def ranges(starts: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Concatenation of ``arange(s, s + l)`` for each pair, vectorised: ``[sum(lengths)]``."""
-    total = int(lengths.sum())
-    offsets = torch.cumsum(lengths, 0) - lengths
+    ptr = exclusive_cumsum(lengths)
+    total = int(ptr[-1])
+    offsets = ptr[:-1]
     return torch.repeat_interleave(starts - offsets, lengths, output_size=total) + torch.arange(total)
