@@ -12,6 +12,7 @@ from typing import Sequence
 import torch
 
 from graphattn._validate import check_int, check_query_range, renamed_parameters
+from graphattn._memory import check_memory, edge_bytes
 from graphattn._edge_sets import edge_codes, exclusive_cumsum, locate
 from graphattn.graph import AttentionGraph, _as_graphs, _heads, difference, intersection, union
 
@@ -71,8 +72,10 @@ def lift_blocks(
     rows_in = (tok_hi - tok_lo).clamp_min(0)
     out_ptr = exclusive_cumsum(rows_in * row_len[qb])
     total = int(out_ptr[-1])
-    edge_index = torch.empty(2, total, dtype=torch.int64, device=device)
     heads = block_graph.num_heads
+    check_memory(f"compose.lift_blocks(block_size={block}, num_tokens={num_tokens}): {total:,} edges",
+                 edge_bytes(total) + total * (heads or 0))
+    edge_index = torch.empty(2, total, dtype=torch.int64, device=device)
     label = torch.empty(total, dtype=torch.int8, device=device)
     head_mask = torch.empty(total, heads, dtype=torch.bool, device=device) if heads else None
 
@@ -131,6 +134,9 @@ def batch(graphs: Sequence[AttentionGraph]) -> tuple[AttentionGraph, torch.Tenso
     heads = heads.pop() if heads else None
     if len({g.relative is None for g in gs}) > 1:
         raise ValueError("batch: expected relative positions on all graphs or on none")
+    total = sum(g.num_edges for g in gs)
+    check_memory(f"compose.batch({len(gs)} graphs): {total:,} edges",
+                 edge_bytes(total) + total * (16 + 8 * (gs[0].relative is not None) + (heads or 0)))
     sizes = torch.tensor([g.num_nodes for g in gs], dtype=torch.int64)
     ptr = exclusive_cumsum(sizes)
     edge_index = torch.cat([g.edge_index.to(device) + int(o) for g, o in zip(gs, ptr[:-1])], dim=1)

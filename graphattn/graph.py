@@ -14,6 +14,7 @@ import torch
 
 from graphattn._edge_sets import (edge_codes, exclusive_cumsum, first_occurrences, is_strictly_increasing,
                                   locate, merge_positions)
+from graphattn._memory import check_memory, edge_bytes
 from graphattn._validate import check_edge_index, check_int
 
 __all__ = ["AttentionGraph", "NodeType", "EdgeLabel", "union", "intersection", "difference"]
@@ -545,6 +546,10 @@ def union(*graphs: AttentionGraph) -> AttentionGraph:
     if len(gs) == 1:
         return gs[0]
     heads = next((g.num_heads for g in gs if g.num_heads is not None), None)
+    total = sum(g.num_edges for g in gs)
+    # the merged edge list, labels, relative ids and head masks, plus codes and positions
+    check_memory(f"union of {len(gs)} graphs: up to {total:,} edges",
+                 edge_bytes(total) + total * (16 + 8 * (gs[0].relative is not None) + (heads or 0)))
     b = max(range(len(gs)), key=lambda p: gs[p].num_edges)
     base = gs[b]
     rest = gs[:b] + gs[b + 1:]
