@@ -14,7 +14,8 @@ import numbers
 
 import torch
 
-__all__ = ["seed_key", "hash_uniform", "uniform_below", "sample_without_replacement"]
+__all__ = ["seed_key", "hash_uniform", "uniform_below", "sample_without_replacement",
+           "sorted_sample_without_replacement"]
 
 _M32 = 0xFFFFFFFF
 
@@ -36,20 +37,30 @@ def seed_key(seed) -> int:
     raise TypeError(f"expected seed to be an int, a torch.Generator or None, got {type(seed).__name__}")
 
 
-def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
-    # (x * c) mod 2**32 for 0 <= x < 2**32, split so no int64 product overflows.
-    lo = x * (c & 0xFFFF)
-    hi = ((x * (c >> 16)) & 0xFFFF) << 16
-    return (lo + hi) & _M32
+def _signed32(c: int) -> int:
+    # c or c - 2**32: the same residue mod 2**32, and |c| <= 2**31, so x * c never overflows int64
+    # for 0 <= x < 2**32 and its low 32 bits (two's complement) are (x * c) mod 2**32.
+    return c - (1 << 32) if c >= 1 << 31 else c
 
 
-def _mix32(x: torch.Tensor) -> torch.Tensor:
-    # "lowbias32" integer finaliser (C. Wellons' hash prospector): a full-avalanche 32-bit mix.
-    x = x ^ (x >> 16)
-    x = _mul32(x, 0x7FEB352D)
-    x = x ^ (x >> 15)
-    x = _mul32(x, 0x846CA68B)
-    return x ^ (x >> 16)
+_C1, _C2 = _signed32(0x7FEB352D), _signed32(0x846CA68B)
+
+
+def _mix32_(x: torch.Tensor) -> torch.Tensor:
+    """"lowbias32" integer finaliser (C. Wellons' hash prospector), a full-avalanche 32-bit mix,
+    applied in place to ``x`` (int64 in ``[0, 2**32)``, a tensor the caller owns)."""
+    x.bitwise_xor_(x >> 16)
+    x.mul_(_C1).bitwise_and_(_M32)
+    x.bitwise_xor_(x >> 15)
+    x.mul_(_C2).bitwise_and_(_M32)
+    return x.bitwise_xor_(x >> 16)
+
+
+def _fits_32_bits(row: torch.Tensor) -> bool:
+    # Checked on the CPU only, where the reduction is cheap and does not synchronise a device.
+    if row.device.type != "cpu":
+        return False
+    return row.numel() == 0 or (int(row.min()) >= 0 and int(row.max()) <= _M32)
 
 
 def hash_uniform(key: int, row: torch.Tensor, counter: torch.Tensor | int, stream: int = 0) -> torch.Tensor:
@@ -60,13 +71,18 @@ def hash_uniform(key: int, row: torch.Tensor, counter: torch.Tensor | int, strea
     row = torch.as_tensor(row, dtype=torch.int64)
     counter = torch.as_tensor(counter, dtype=torch.int64, device=row.device)
     k0, k1 = key & _M32, (key >> 32) & _M32
-    h = _mix32((counter & _M32) ^ _mix32(torch.as_tensor(stream & _M32, device=row.device)))
+    s = _mix32_(torch.tensor(stream & _M32, dtype=torch.int64, device=row.device))
     # Seed words and row words each get their own mixing round: XOR-ing a seed word with a row
-    # word in one round would make (row, seed) and (row ^ d, seed ^ d) collide.
-    h = _mix32(h ^ k0)
-    h = _mix32(h ^ ((row >> 32) & _M32))
-    h = _mix32(h ^ k1)
-    return _mix32(h ^ (row & _M32))
+    # word in one round would make (row, seed) and (row ^ d, seed ^ d) collide. The rounds before
+    # the row's low word depend on (counter, seed, row's high word) only: when every row fits in
+    # 32 bits they are computed once per counter, not once per element.
+    h = _mix32_((counter & _M32) ^ s)
+    h = _mix32_(h ^ k0)
+    if _fits_32_bits(row):
+        h = _mix32_(_mix32_(h) ^ k1)
+    else:
+        h = _mix32_(_mix32_(h ^ ((row >> 32) & _M32)) ^ k1)
+    return _mix32_(h ^ (row & _M32))
 
 
 def uniform_below(bits: torch.Tensor, bound: torch.Tensor | int) -> torch.Tensor:
@@ -79,16 +95,53 @@ def sample_without_replacement(
 ) -> torch.Tensor:
     """For each row draw ``count`` distinct ints uniformly from ``[0, population)``.
 
-    Robert Floyd's algorithm, vectorised across rows: ``count`` steps, each O(rows * count), so
-    no row ever materialises its population. Returns int64 ``[len(rows), count]``, unsorted.
-    ``population`` (a scalar or one value per row) must be >= ``count``.
+    Robert Floyd's algorithm, vectorised across rows: step ``s`` draws ``t`` uniform in
+    ``[0, top_s]`` (``top_s = population - count + s``) and takes ``t``, or ``top_s`` when ``t``
+    was taken before. No row ever materialises its population. Returns int64
+    ``[len(rows), count]``, unsorted. ``population`` (a scalar or one value per row) must be
+    ``>= count``.
     """
+    draws, top = _floyd_draws(key, rows, population, count, stream)
+    return _floyd_resolve(draws, top)
+
+
+def _floyd_draws(key, rows, population, count, stream):
+    """Every step's draw at once (a draw depends on ``(seed, row, step)`` only, not on earlier
+    picks): ``(t [rows, count], top [rows, count])``."""
     population = torch.as_tensor(population, dtype=torch.int64, device=rows.device)
-    population = population.expand(rows.shape[0])
-    out = torch.empty(rows.shape[0], count, dtype=torch.int64, device=rows.device)
-    for step in range(count):
-        top = population - count + step  # draw t in [0, top]
-        t = uniform_below(hash_uniform(key, rows, step, stream), top + 1)
+    steps = torch.arange(count, device=rows.device)
+    # [1, count] for one population, [rows, count] for one per row
+    top = (population[:, None] if population.dim() else population) - count + steps
+    top = top.expand(1, count) if top.dim() == 1 else top
+    bits = hash_uniform(key, rows[:, None], steps, stream)
+    return uniform_below(bits, top + 1), top
+
+
+def _floyd_resolve(draws: torch.Tensor, top: torch.Tensor) -> torch.Tensor:
+    out = torch.empty_like(draws)
+    for step in range(draws.shape[1]):
+        t = draws[:, step]
         seen = (out[:, :step] == t[:, None]).any(dim=1)
-        out[:, step] = torch.where(seen, top, t)
+        out[:, step] = torch.where(seen, top[:, step], t)
     return out
+
+
+def sorted_sample_without_replacement(
+    key: int, rows: torch.Tensor, population: int, count: int, stream: int = 0
+) -> torch.Tensor:
+    """The rows of :func:`sample_without_replacement` (same seed, same sets) sorted increasingly.
+
+    Floyd's picks are the draws themselves unless a draw repeats an earlier one or reaches the
+    range of the tops (``>= population - count``). A row with neither is its sorted draws, so most
+    rows cost one small sort; only the others run Floyd's sequential steps.
+    """
+    draws, top = _floyd_draws(key, rows, population, count, stream)
+    values = torch.sort(draws, dim=1).values
+    plain = (values[:, -1:] < population - count).all(dim=1) if count else torch.ones_like(rows, dtype=torch.bool)
+    if count > 1:
+        plain &= (values[:, 1:] != values[:, :-1]).all(dim=1)
+    other = (~plain).nonzero().flatten()
+    if other.numel():
+        top = top.expand(draws.shape[0], -1)
+        values[other] = torch.sort(_floyd_resolve(draws[other], top[other]), dim=1).values
+    return values

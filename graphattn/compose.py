@@ -12,134 +12,11 @@ from typing import Sequence
 import torch
 
 from graphattn._validate import check_int, check_query_range, renamed_parameters
-from graphattn.graph import AttentionGraph
+from graphattn._memory import check_memory, edge_bytes
+from graphattn._edge_sets import edge_codes, exclusive_cumsum, locate
+from graphattn.graph import AttentionGraph, _as_graphs, _heads, difference, intersection, union
 
 __all__ = ["union", "intersection", "difference", "lift_blocks", "batch", "stack_heads", "schedule"]
-
-
-def _as_graphs(graphs, name: str = "graphs") -> list[AttentionGraph]:
-    out = list(graphs)
-    for p, g in enumerate(out):
-        if not isinstance(g, AttentionGraph):
-            raise TypeError(f"expected {name}[{p}] to be an AttentionGraph, got {type(g).__name__}")
-    return out
-
-
-def _check_same_nodes(a: AttentionGraph, b: AttentionGraph, op: str) -> None:
-    if a.num_nodes != b.num_nodes:
-        raise ValueError(
-            f"{op}: expected graphs over the same nodes, got num_nodes {a.num_nodes} and {b.num_nodes} "
-            "(append nodes with add_nodes() first)"
-        )
-    if not torch.equal(a.node_type, b.node_type.to(a.device)):
-        raise ValueError(f"{op}: expected graphs with the same node types, got different node_type")
-    if a.device != b.device:
-        raise ValueError(f"{op}: expected graphs on one device, got {a.device} and {b.device}")
-    if a.num_heads is not None and b.num_heads is not None and a.num_heads != b.num_heads:
-        raise ValueError(f"{op}: expected the same number of heads, got {a.num_heads} and {b.num_heads}")
-    if (a.relative is None) != (b.relative is None):
-        raise ValueError(
-            f"{op}: one graph carries relative positions and the other does not; "
-            "drop them with without_relative() or give both"
-        )
-
-
-def _codes(g: AttentionGraph) -> torch.Tensor:
-    return g.edge_index[1] * max(g.num_nodes, 1) + g.edge_index[0]
-
-
-def _locate(sorted_codes: torch.Tensor, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each code: (found in sorted_codes, its position there, clamped when absent)."""
-    pos = torch.searchsorted(sorted_codes, codes)
-    pos = pos.clamp_max(max(sorted_codes.numel() - 1, 0))
-    found = sorted_codes[pos] == codes if sorted_codes.numel() else torch.zeros_like(codes, dtype=torch.bool)
-    return found, pos
-
-
-def _heads(g: AttentionGraph, num_heads: int | None) -> torch.Tensor | None:
-    if num_heads is None:
-        return None
-    if g.head_mask is not None:
-        return g.head_mask
-    return torch.ones(g.num_edges, num_heads, dtype=torch.bool, device=g.device)
-
-
-def _union2(a: AttentionGraph, b: AttentionGraph) -> AttentionGraph:
-    _check_same_nodes(a, b, "union")
-    heads = a.num_heads or b.num_heads
-    ca, cb = _codes(a), _codes(b)
-    found, pos = _locate(ca, cb)
-    new = ~found
-    cn = cb[new]
-    # Merge two sorted, disjoint code lists by computed output positions.
-    pa = torch.arange(ca.numel(), device=a.device) + torch.searchsorted(cn, ca)
-    pn = torch.arange(cn.numel(), device=a.device) + torch.searchsorted(ca, cn)
-    total = ca.numel() + cn.numel()
-
-    def merge(xa, xb, dim_tail=()):
-        out = torch.empty((total, *dim_tail), dtype=xa.dtype, device=a.device)
-        out[pa] = xa
-        out[pn] = xb[new]
-        return out
-
-    edge_index = torch.empty(2, total, dtype=torch.int64, device=a.device)
-    edge_index[:, pa] = a.edge_index
-    edge_index[:, pn] = b.edge_index[:, new]
-    label = merge(a.edge_label, b.edge_label)
-    relative = merge(a.relative, b.relative) if a.relative is not None else None
-    head_mask = None
-    if heads is not None:
-        ha, hb = _heads(a, heads), _heads(b, heads)
-        ha = ha.clone()
-        ha[pos[found]] |= hb[found]  # shared edges serve the heads of both operands
-        head_mask = merge(ha, hb, (heads,))
-    return AttentionGraph._trusted(edge_index, a.num_nodes, a.node_type, label, relative, head_mask)
-
-
-def union(*graphs: AttentionGraph) -> AttentionGraph:
-    """Edges in any operand. Labels (and relative ids) of earlier operands win on shared edges;
-    head masks are OR-ed. ``g | h`` is ``union(g, h)``."""
-    gs = _as_graphs(graphs)
-    if not gs:
-        raise ValueError("union: expected at least one graph, got none")
-    out = gs[0]
-    for g in gs[1:]:
-        out = _union2(out, g)
-    return out
-
-
-def intersection(a: AttentionGraph, b: AttentionGraph) -> AttentionGraph:
-    """Edges in both (labels from ``a``; head masks AND-ed, edges left with no head dropped)."""
-    a, b = _as_graphs((a, b))
-    _check_same_nodes(a, b, "intersection")
-    found, pos = _locate(_codes(b), _codes(a))
-    heads = a.num_heads or b.num_heads
-    if heads is None:
-        return a._select(found)
-    mask = _heads(a, heads) & _heads(b, heads)[pos] & found[:, None]
-    keep = mask.any(dim=1)
-    g = a._select(keep)
-    return AttentionGraph._trusted(g.edge_index, g.num_nodes, g.node_type, g.edge_label, g.relative, mask[keep])
-
-
-def difference(a: AttentionGraph, b: AttentionGraph) -> AttentionGraph:
-    """Edges of ``a`` not in ``b`` (per head when either graph has a head layout)."""
-    a, b = _as_graphs((a, b))
-    _check_same_nodes(a, b, "difference")
-    found, pos = _locate(_codes(b), _codes(a))
-    heads = a.num_heads or b.num_heads
-    if heads is None:
-        return a._select(~found)
-    mask = _heads(a, heads) & ~(_heads(b, heads)[pos] & found[:, None])
-    keep = mask.any(dim=1)
-    g = a._select(keep)
-    return AttentionGraph._trusted(g.edge_index, g.num_nodes, g.node_type, g.edge_label, g.relative, mask[keep])
-
-
-def _exclusive_cumsum(x: torch.Tensor) -> torch.Tensor:
-    out = torch.zeros(x.numel() + 1, dtype=torch.int64, device=x.device)
-    torch.cumsum(x, 0, out=out[1:])
-    return out
 
 
 @renamed_parameters(block="block_size")
@@ -183,8 +60,8 @@ def lift_blocks(
     lens = bsize[bkey]
     flat_edge = torch.repeat_interleave(torch.arange(bkey.numel(), device=device), lens)
     flat_key = bkey[flat_edge] * block + (
-        torch.arange(flat_edge.numel(), device=device) - _exclusive_cumsum(lens)[:-1][flat_edge])
-    row_ptr = _exclusive_cumsum(lens)[block_graph.query_ptr]
+        torch.arange(flat_edge.numel(), device=device) - exclusive_cumsum(lens)[:-1][flat_edge])
+    row_ptr = exclusive_cumsum(lens)[block_graph.query_ptr]
     row_len = row_ptr.diff()
 
     # Token rows [start, stop) grouped into pieces of one query block each.
@@ -193,10 +70,12 @@ def lift_blocks(
     tok_lo = torch.maximum(qb * block, torch.tensor(start, device=device))
     tok_hi = torch.minimum(qb * block + bsize[qb] if qb.numel() else qb, torch.tensor(stop, device=device))
     rows_in = (tok_hi - tok_lo).clamp_min(0)
-    out_ptr = _exclusive_cumsum(rows_in * row_len[qb])
+    out_ptr = exclusive_cumsum(rows_in * row_len[qb])
     total = int(out_ptr[-1])
-    edge_index = torch.empty(2, total, dtype=torch.int64, device=device)
     heads = block_graph.num_heads
+    check_memory(f"compose.lift_blocks(block_size={block}, num_tokens={num_tokens}): {total:,} edges",
+                 edge_bytes(total) + total * (heads or 0))
+    edge_index = torch.empty(2, total, dtype=torch.int64, device=device)
     label = torch.empty(total, dtype=torch.int8, device=device)
     head_mask = torch.empty(total, heads, dtype=torch.bool, device=device) if heads else None
 
@@ -227,7 +106,7 @@ def lift_blocks(
         counts = row_len[tok // block]
         rows = torch.repeat_interleave(tok, counts, output_size=total)
         within = torch.arange(total, device=device) - torch.repeat_interleave(
-            _exclusive_cumsum(counts)[:-1], counts, output_size=total)
+            exclusive_cumsum(counts)[:-1], counts, output_size=total)
         src = row_ptr[rows // block] + within
         edge_index[0] = flat_key[src]
         edge_index[1] = rows
@@ -255,8 +134,11 @@ def batch(graphs: Sequence[AttentionGraph]) -> tuple[AttentionGraph, torch.Tenso
     heads = heads.pop() if heads else None
     if len({g.relative is None for g in gs}) > 1:
         raise ValueError("batch: expected relative positions on all graphs or on none")
+    total = sum(g.num_edges for g in gs)
+    check_memory(f"compose.batch({len(gs)} graphs): {total:,} edges",
+                 edge_bytes(total) + total * (16 + 8 * (gs[0].relative is not None) + (heads or 0)))
     sizes = torch.tensor([g.num_nodes for g in gs], dtype=torch.int64)
-    ptr = _exclusive_cumsum(sizes)
+    ptr = exclusive_cumsum(sizes)
     edge_index = torch.cat([g.edge_index.to(device) + int(o) for g, o in zip(gs, ptr[:-1])], dim=1)
     rel = None if gs[0].relative is None else torch.cat([g.relative.to(device) for g in gs])
     hm = None if heads is None else torch.cat([_heads(g, heads).to(device) for g in gs])
@@ -277,8 +159,8 @@ def stack_heads(graphs: Sequence[AttentionGraph]) -> AttentionGraph:
         if g.head_mask is not None:
             raise ValueError(f"stack_heads: expected graphs without a head layout, graphs[{p}] has one")
     out = union(*gs)
-    code = _codes(out)
-    mask = torch.stack([_locate(_codes(g), code)[0] for g in gs], dim=1)
+    code = edge_codes(out.edge_index, out.num_nodes)
+    mask = torch.stack([locate(edge_codes(g.edge_index, g.num_nodes), code)[0] for g in gs], dim=1)
     return AttentionGraph._trusted(out.edge_index, out.num_nodes, out.node_type, out.edge_label,
                                    out.relative, mask)
 

@@ -12,9 +12,12 @@ import enum
 
 import torch
 
+from graphattn._edge_sets import (edge_codes, exclusive_cumsum, first_occurrences, is_strictly_increasing,
+                                  locate, merge_positions)
+from graphattn._memory import check_memory, edge_bytes
 from graphattn._validate import check_edge_index, check_int
 
-__all__ = ["AttentionGraph", "NodeType", "EdgeLabel"]
+__all__ = ["AttentionGraph", "NodeType", "EdgeLabel", "union", "intersection", "difference"]
 
 
 class NodeType(enum.IntEnum):
@@ -82,6 +85,14 @@ class AttentionGraph:
     """
 
     __slots__ = ("edge_index", "num_nodes", "node_type", "edge_label", "relative", "head_mask", "_cache")
+
+    def __init__(self, *args, **kwargs):
+        # One way in: every construction path validates (from_*) or is a rule that builds its
+        # edges sorted and unique by construction (_trusted). A bare AttentionGraph() would be
+        # an object with no edges whose every method fails.
+        raise TypeError(
+            "AttentionGraph is not constructed directly: use AttentionGraph.from_edge_index(edge_index, "
+            "num_nodes), from_dense(mask), from_networkx(G), or a rule from graphattn.rules")
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -151,12 +162,9 @@ class AttentionGraph:
                 raise ValueError(f"expected head_mask of shape [{num_edges}, H], got {list(head_mask.shape)}")
             head_mask = head_mask.to(device)
         # Coalesce: sort by (query, key) and drop duplicates, keeping the first occurrence.
-        code = edge_index[1] * max(num_nodes, 1) + edge_index[0]
-        if num_edges > 1 and not bool((code[1:] > code[:-1]).all()):
-            code, order = torch.sort(code, stable=True)
-            first = torch.ones_like(code, dtype=torch.bool)
-            first[1:] = code[1:] != code[:-1]
-            group = torch.cumsum(first, 0) - 1
+        code = edge_codes(edge_index, num_nodes)
+        if not is_strictly_increasing(code):
+            order, first, group = first_occurrences(code)
             keep = order[first]
             if head_mask is not None:
                 hm = head_mask[order].to(torch.uint8)
@@ -282,9 +290,7 @@ class AttentionGraph:
         """CSR row pointer over queries, ``[num_nodes + 1]``: query ``i`` owns edges ``ptr[i]:ptr[i+1]``."""
         if "query_ptr" not in self._cache:
             counts = torch.bincount(self.edge_index[1], minlength=self.num_nodes)
-            ptr = torch.zeros(self.num_nodes + 1, dtype=torch.int64, device=self.device)
-            torch.cumsum(counts, 0, out=ptr[1:])
-            self._cache["query_ptr"] = ptr
+            self._cache["query_ptr"] = exclusive_cumsum(counts)
         return self._cache["query_ptr"]
 
     def keys_per_query(self) -> torch.Tensor:
@@ -398,8 +404,6 @@ class AttentionGraph:
 
     def with_self_loops(self) -> "AttentionGraph":
         """Add the self-loop of every node that lacks one (label ``SELF``)."""
-        from graphattn.compose import union
-
         loops = torch.arange(self.num_nodes, device=self.device)
         other = AttentionGraph._trusted(torch.stack([loops, loops]), self.num_nodes, self.node_type,
                                         EdgeLabel.SELF,
@@ -425,18 +429,12 @@ class AttentionGraph:
 
     # ------------------------------------------------------------------ operators
     def __or__(self, other: "AttentionGraph") -> "AttentionGraph":
-        from graphattn.compose import union
-
         return union(self, other)
 
     def __and__(self, other: "AttentionGraph") -> "AttentionGraph":
-        from graphattn.compose import intersection
-
         return intersection(self, other)
 
     def __sub__(self, other: "AttentionGraph") -> "AttentionGraph":
-        from graphattn.compose import difference
-
         return difference(self, other)
 
     # ------------------------------------------------------------------ display
@@ -467,3 +465,151 @@ class AttentionGraph:
             lines.append(f"... first {m} of {self.num_nodes} nodes")
         return "\n".join(lines)
 
+
+
+# ---------------------------------------------------------------------- set algebra
+# The operators of the type live with the type; graphattn.compose re-exports them as functions.
+def _as_graphs(graphs, name: str = "graphs") -> list[AttentionGraph]:
+    out = list(graphs)
+    for p, g in enumerate(out):
+        if not isinstance(g, AttentionGraph):
+            raise TypeError(f"expected {name}[{p}] to be an AttentionGraph, got {type(g).__name__}")
+    return out
+
+
+def _check_same_nodes(a: AttentionGraph, b: AttentionGraph, op: str) -> None:
+    if a.num_nodes != b.num_nodes:
+        raise ValueError(
+            f"{op}: expected graphs over the same nodes, got num_nodes {a.num_nodes} and {b.num_nodes} "
+            "(append nodes with add_nodes() first)"
+        )
+    if a.device != b.device:
+        raise ValueError(f"{op}: expected graphs on one device, got {a.device} and {b.device}")
+    if a.node_type is not b.node_type and not torch.equal(a.node_type, b.node_type):
+        raise ValueError(f"{op}: expected graphs with the same node types, got different node_type")
+    if a.num_heads is not None and b.num_heads is not None and a.num_heads != b.num_heads:
+        raise ValueError(f"{op}: expected the same number of heads, got {a.num_heads} and {b.num_heads}")
+    if (a.relative is None) != (b.relative is None):
+        raise ValueError(
+            f"{op}: one graph carries relative positions and the other does not; "
+            "drop them with without_relative() or give both"
+        )
+
+
+def _codes(g: AttentionGraph) -> torch.Tensor:
+    return edge_codes(g.edge_index, g.num_nodes)
+
+
+def _heads(g: AttentionGraph, num_heads: int | None) -> torch.Tensor | None:
+    if num_heads is None:
+        return None
+    if g.head_mask is not None:
+        return g.head_mask
+    return torch.ones(g.num_edges, num_heads, dtype=torch.bool, device=g.device)
+
+
+def _union_of_rest(gs: list[AttentionGraph], heads: int | None):
+    """Coalesced union of ``gs`` as ``(codes, edge_index, label, relative, head_mask, source)``,
+    ``source`` the earliest operand that holds each edge (its attributes win)."""
+    if len(gs) == 1:
+        g = gs[0]
+        return (_codes(g), g.edge_index, g.edge_label, g.relative, _heads(g, heads),
+                torch.zeros(g.num_edges, dtype=torch.int64, device=g.device))
+    codes = torch.cat([_codes(g) for g in gs])
+    source = torch.cat([torch.full((g.num_edges,), p, dtype=torch.int64, device=g.device) for p, g in enumerate(gs)])
+    order, first, group = first_occurrences(codes)  # stable: the earliest operand comes first
+    keep = order[first]
+    edge_index = torch.cat([g.edge_index for g in gs], dim=1)[:, keep]
+    label = torch.cat([g.edge_label for g in gs])[keep]
+    relative = None if gs[0].relative is None else torch.cat([g.relative for g in gs])[keep]
+    head_mask = None
+    if heads is not None:
+        hm = torch.cat([_heads(g, heads) for g in gs])[order].to(torch.uint8)
+        merged = torch.zeros(keep.numel(), heads, dtype=torch.uint8, device=hm.device)
+        head_mask = merged.scatter_reduce_(0, group[:, None].expand_as(hm), hm, "amax").bool()
+    return codes[keep], edge_index, label, relative, head_mask, source[keep]
+
+
+def union(*graphs: AttentionGraph) -> AttentionGraph:
+    """Edges in any operand. Labels (and relative ids) of earlier operands win on shared edges;
+    head masks are OR-ed. ``g | h`` is ``union(g, h)``.
+
+    One merge for any number of operands: the largest operand is the base, the others are
+    coalesced together and merged into it by computed output positions, so the base (a rule's
+    whole edge list, typically) is copied once and never sorted or searched.
+    """
+    gs = _as_graphs(graphs)
+    if not gs:
+        raise ValueError("union: expected at least one graph, got none")
+    for g in gs[1:]:
+        _check_same_nodes(gs[0], g, "union")
+    if len(gs) == 1:
+        return gs[0]
+    heads = next((g.num_heads for g in gs if g.num_heads is not None), None)
+    total = sum(g.num_edges for g in gs)
+    # the merged edge list, labels, relative ids and head masks, plus codes and positions
+    check_memory(f"union of {len(gs)} graphs: up to {total:,} edges",
+                 edge_bytes(total) + total * (16 + 8 * (gs[0].relative is not None) + (heads or 0)))
+    b = max(range(len(gs)), key=lambda p: gs[p].num_edges)
+    base = gs[b]
+    rest = gs[:b] + gs[b + 1:]
+    codes, r_edges, r_label, r_rel, r_heads, r_source = _union_of_rest(rest, heads)
+    r_source = torch.where(r_source >= b, r_source + 1, r_source)  # operand ids in the full list
+    found, pos = locate(_codes(base), codes)
+    label, relative, head_mask = base.edge_label, base.relative, _heads(base, heads)
+    earlier = found & (r_source < b)  # shared edges whose label comes from an operand before the base
+    if bool(earlier.any()):
+        at = pos[earlier]
+        label = label.clone()
+        label[at] = r_label[earlier]
+        if relative is not None:
+            relative = relative.clone()
+            relative[at] = r_rel[earlier]
+    if head_mask is not None and bool(found.any()):
+        head_mask = head_mask.clone()
+        head_mask[pos[found]] |= r_heads[found]  # shared edges serve the heads of every operand
+    new = ~found
+    base_pos, new_pos = merge_positions(_codes(base), codes[new])
+    total = base.num_edges + new_pos.numel()
+
+    def merge(x_base, x_new):
+        out = x_base.new_empty((total, *x_base.shape[1:]))
+        out[base_pos] = x_base
+        out[new_pos] = x_new[new]
+        return out
+
+    edge_index = base.edge_index.new_empty(2, total)
+    edge_index[:, base_pos] = base.edge_index
+    edge_index[:, new_pos] = r_edges[:, new]
+    return AttentionGraph._trusted(
+        edge_index, base.num_nodes, base.node_type, merge(label, r_label),
+        None if relative is None else merge(relative, r_rel),
+        None if head_mask is None else merge(head_mask, r_heads))
+
+
+def intersection(a: AttentionGraph, b: AttentionGraph) -> AttentionGraph:
+    """Edges in both (labels from ``a``; head masks AND-ed, edges left with no head dropped)."""
+    a, b = _as_graphs((a, b))
+    _check_same_nodes(a, b, "intersection")
+    found, pos = locate(_codes(b), _codes(a))
+    heads = a.num_heads or b.num_heads
+    if heads is None:
+        return a._select(found)
+    mask = _heads(a, heads) & _heads(b, heads)[pos] & found[:, None]
+    keep = mask.any(dim=1)
+    g = a._select(keep)
+    return AttentionGraph._trusted(g.edge_index, g.num_nodes, g.node_type, g.edge_label, g.relative, mask[keep])
+
+
+def difference(a: AttentionGraph, b: AttentionGraph) -> AttentionGraph:
+    """Edges of ``a`` not in ``b`` (per head when either graph has a head layout)."""
+    a, b = _as_graphs((a, b))
+    _check_same_nodes(a, b, "difference")
+    found, pos = locate(_codes(b), _codes(a))
+    heads = a.num_heads or b.num_heads
+    if heads is None:
+        return a._select(~found)
+    mask = _heads(a, heads) & ~(_heads(b, heads)[pos] & found[:, None])
+    keep = mask.any(dim=1)
+    g = a._select(keep)
+    return AttentionGraph._trusted(g.edge_index, g.num_nodes, g.node_type, g.edge_label, g.relative, mask[keep])

@@ -139,3 +139,73 @@ def test_schedule_validates():
         compose.schedule([rules.band(8, radius=1), rules.band(9, radius=1)])
     with pytest.raises(ValueError, match="at least one"):
         compose.schedule([])
+
+
+def _union_oracle(graphs):
+    """Per edge: the label and relative id of the first operand that holds it, heads OR-ed."""
+    out = {}
+    heads = next((g.num_heads for g in graphs if g.num_heads is not None), None)
+    for g in graphs:
+        rel = g.relative.tolist() if g.relative is not None else [None] * g.num_edges
+        hm = (g.head_mask.tolist() if g.head_mask is not None
+              else [[True] * (heads or 0)] * g.num_edges)
+        for e, (k, q) in enumerate(g.edge_index.t().tolist()):
+            if (q, k) not in out:
+                out[(q, k)] = [int(g.edge_label[e]), rel[e], list(hm[e])]
+            else:
+                out[(q, k)][2] = [a or b for a, b in zip(out[(q, k)][2], hm[e])]
+    return sorted(out.items())
+
+
+def _random_labelled(n, num_edges, seed, *, heads=None, relative=False):
+    gen = torch.Generator().manual_seed(seed)
+    ei = torch.randint(0, n, (2, num_edges), generator=gen)
+    label = torch.randint(0, 14, (num_edges,), generator=gen, dtype=torch.int64)
+    rel = torch.randint(0, 5, (num_edges,), generator=gen) if relative else None
+    hm = torch.rand(num_edges, heads, generator=gen) < 0.6 if heads else None
+    return AttentionGraph.from_edge_index(ei, n, edge_label=label, relative=rel, head_mask=hm)
+
+
+@given(st.integers(1, 9), st.lists(st.integers(0, 40), min_size=1, max_size=5), st.integers(0, 99),
+       st.booleans(), st.sampled_from([None, 1, 3]))
+def test_many_operand_union_matches_dict_oracle(n, sizes, seed, relative, heads):
+    # Operands of every size order, so the largest (the merge's base) sits anywhere in the list;
+    # some operands carry a head layout and some do not.
+    gs = [_random_labelled(n, e, seed + p, heads=heads if p % 2 == 0 else None, relative=relative)
+          for p, e in enumerate(sizes)]
+    u = compose.union(*gs)
+    got = [((q, k), [int(lab), None if u.relative is None else int(r),
+                     [] if u.head_mask is None else u.head_mask[e].tolist()])
+           for e, ((k, q), lab, r) in enumerate(zip(u.edge_index.t().tolist(), u.edge_label,
+                                                  u.relative if u.relative is not None else [None] * u.num_edges))]
+    assert got == _union_oracle(gs)
+    assert u.equals(AttentionGraph.from_edge_index(u.edge_index, n, edge_label=u.edge_label,
+                                                   relative=u.relative, head_mask=u.head_mask))
+
+
+def test_union_of_one_graph_is_that_graph():
+    g = rules.band(5, radius=1)
+    assert compose.union(g) is g
+    with pytest.raises(ValueError, match="at least one"):
+        compose.union()
+
+
+def test_set_algebra_lives_with_the_graph_type():
+    # compose re-exports the graph module's functions; neither the graph module nor the edge-set
+    # kernels it uses import compose (no cycle between the core type and its compositions).
+    import ast
+    import inspect
+
+    from graphattn import _edge_sets, graph
+
+    assert compose.union is graph.union and compose.intersection is graph.intersection
+    assert compose.difference is graph.difference
+    for module in (graph, _edge_sets):
+        imported = set()
+        for node in ast.walk(ast.parse(inspect.getsource(module))):
+            if isinstance(node, ast.ImportFrom):
+                imported.add(node.module)
+            elif isinstance(node, ast.Import):
+                imported.update(a.name for a in node.names)
+        assert "graphattn.compose" not in imported, module.__name__
+        assert "graphattn.graph" not in imported or module is graph, module.__name__

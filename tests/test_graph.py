@@ -173,3 +173,9 @@ def test_constructor_errors():
         AttentionGraph.from_networkx(G)
     with pytest.raises(ValueError, match="stop"):
         rules.band(4, radius=1).query_slice(3, 2)
+
+
+def test_direct_construction_points_to_the_builders():
+    for args in ((), (torch.tensor([[0], [0]]), 1)):
+        with pytest.raises(TypeError, match=r"AttentionGraph.from_edge_index\(edge_index, num_nodes\)"):
+            AttentionGraph(*args)

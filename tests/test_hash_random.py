@@ -82,3 +82,41 @@ def test_floyd_sampling_distinct_and_uniform():
     pop = torch.tensor([3, 5, 4])
     out = sample_without_replacement(1, torch.arange(3), pop, 3)
     assert bool((out < pop[:, None]).all())
+
+
+def _floyd_reference(key, row, population, count, stream=0):
+    """Floyd's algorithm one step at a time, for one row, with a Python set."""
+    out, chosen = [], set()
+    for step in range(count):
+        top = population - count + step
+        t = int(uniform_below(hash_uniform(key, torch.tensor([row]), step, stream), top + 1))
+        pick = top if t in chosen else t
+        chosen.add(pick)
+        out.append(pick)
+    return out
+
+
+@pytest.mark.parametrize("population, count", [(10, 3), (12, 12), (40, 35), (1000, 8), (5, 0), (7, 1)])
+def test_floyd_sampling_matches_a_step_by_step_reference(population, count):
+    rows = torch.arange(60)
+    picks = sample_without_replacement(21, rows, population, count, stream=4)
+    for r in rows.tolist():
+        assert picks[r].tolist() == _floyd_reference(21, r, population, count, stream=4)
+
+
+@pytest.mark.parametrize("population, count", [(10, 3), (12, 12), (40, 35), (65_535, 32), (5, 0), (7, 1)])
+def test_sorted_sampling_is_the_sorted_floyd_sample(population, count):
+    # Rows with repeats or draws among the tops take the sequential path, the others the sort.
+    from graphattn._random import sorted_sample_without_replacement
+
+    rows = torch.arange(5_000, 9_000)
+    expected = torch.sort(sample_without_replacement(5, rows, population, count), dim=1).values
+    assert torch.equal(sorted_sample_without_replacement(5, rows, population, count), expected)
+
+
+def test_hash_with_a_counter_vector_and_wide_rows_matches_scalar_calls():
+    # Broadcasting a vector of counters, and rows beyond 32 bits (the per-row high-word rounds).
+    rows = torch.tensor([0, 3, 2**32 - 1, 2**32, 2**40 + 7])
+    table = hash_uniform(99, rows[:, None], torch.arange(4), stream=2)
+    for c in range(4):
+        assert torch.equal(table[:, c], torch.stack([hash_uniform(99, r.view(1), c, stream=2)[0] for r in rows]))

@@ -4,9 +4,22 @@ from __future__ import annotations
 
 import torch
 
+from graphattn._edge_sets import exclusive_cumsum
+from graphattn._memory import check_memory, edge_bytes
 from graphattn.graph import AttentionGraph, EdgeLabel
 
-__all__ = ["window_rows", "coalesce", "token_types", "ranges"]
+__all__ = ["window_rows", "coalesce", "token_types", "ranges", "check_edges"]
+
+#: Peak bytes per edge of a coalescing build (input, sort keys, permutation, output, labels).
+COALESCE_BYTES = 120
+
+
+def check_edges(what: str, num_edges: int, bytes_per_edge: int | None = None) -> None:
+    """Refuse a rule call before it allocates: ``what`` (the call) builds ``num_edges`` edges
+    (an upper bound) at ``bytes_per_edge`` peak bytes each (default: an edge list, its labels
+    and one edge list of working space)."""
+    per_edge = edge_bytes(1) if bytes_per_edge is None else bytes_per_edge
+    check_memory(f"{what}: {int(num_edges):,} edges", int(num_edges) * per_edge)
 
 
 def token_types(num_nodes: int, device=None) -> torch.Tensor:
@@ -58,6 +71,7 @@ def coalesce(key: torch.Tensor, query: torch.Tensor, num_nodes: int, *, node_typ
 
 def ranges(starts: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
     """Concatenation of ``arange(s, s + l)`` for each pair, vectorised: ``[sum(lengths)]``."""
-    total = int(lengths.sum())
-    offsets = torch.cumsum(lengths, 0) - lengths
+    ptr = exclusive_cumsum(lengths)
+    total = int(ptr[-1])
+    offsets = ptr[:-1]
     return torch.repeat_interleave(starts - offsets, lengths, output_size=total) + torch.arange(total)

@@ -6,7 +6,7 @@ import torch
 
 from graphattn._validate import check_bool, check_int, check_query_range
 from graphattn.graph import AttentionGraph, EdgeLabel, NodeType
-from graphattn.rules._build import ranges
+from graphattn.rules._build import check_edges, ranges
 
 __all__ = ["bp_transformer", "bpt_levels"]
 
@@ -67,43 +67,18 @@ def bp_transformer(n: int, *, k: int, causal: bool = False, queries: range | Non
     num_nodes = shift[-1]
     start, stop = check_query_range(queries, num_nodes)
     width = 2 * k + 1
-    # Token rows: one column per (level, side, slot), padded with the sentinel num_nodes where a
-    # slot is empty; a per-row sort (rows are short: 1 + 2k per level) then yields the edges
-    # already in (query, key) order, with no global sort of the whole edge list.
+    num_tok = max(min(stop, n) - min(start, n), 0)
+    span_rows = max(stop, n) - max(start, n)
+    # Token rows: a key table of 2k + 2 columns per level (keys, validity, relative ids); span
+    # rows: their tokens, n per level in all. Then the edges with their relative ids.
+    affiliated = min(span_rows * n, n * (len(sizes) - 1))
+    check_edges(f"rules.bp_transformer(n={n}, k={k})", num_tok * ((2 * k + 2) * len(sizes) + 1) + affiliated, 60)
     tok = torch.arange(min(start, n), min(stop, n))
-    cols, col_rel = [tok], [torch.zeros_like(tok)]
-
-    def column(key, ok, rel):
-        cols.append(torch.where(ok, key, num_nodes))
-        col_rel.append(torch.full_like(tok, rel))
-
-    # Left frontier: p is the next uncovered node of the current level; `over` says its parent
-    # step overlapped covered tokens, so the left child one level down is taken instead.
-    p, over = tok - 1, torch.zeros_like(tok, dtype=torch.bool)
-    r, rover = tok + 1, torch.zeros_like(tok, dtype=torch.bool)
-    for lvl, size in enumerate(sizes):
-        for slot in range(k):
-            ok = p >= 0
-            column(torch.where(over, shift[lvl - 1] + 2 * p, shift[lvl] + p), ok, width * lvl + 2 * slot + 1)
-            over = over & ~ok
-            p = p - 1
-            if not causal:
-                ok = r < size
-                child_ok = ~rover | (2 * r + 1 < (sizes[lvl - 1] if lvl else 0))
-                column(torch.where(rover, shift[lvl - 1] + 2 * r + 1, shift[lvl] + r), ok & child_ok,
-                       width * lvl + 2 * slot + 2)
-                rover = rover & ~ok
-                r = r + 1
-        over = over | (p % 2 == 0)
-        p = torch.div(p, 2, rounding_mode="floor")
-        rover = rover | (r % 2 == 1)
-        r = torch.div(r, 2, rounding_mode="floor")
-    tok_keys, order = torch.sort(torch.stack(cols, dim=1), dim=1)
-    tok_rel = torch.gather(torch.stack(col_rel, dim=1), 1, order)
-    valid = tok_keys < num_nodes
+    tok_keys, valid, col_rel = _token_key_table(tok, sizes, shift, k, causal)
     keys = [tok_keys[valid]]
-    qs = [tok[:, None].expand_as(tok_keys)[valid]]
-    rels = [tok_rel[valid]]
+    counts = valid.sum(dim=1)
+    qs = [tok.repeat_interleave(counts, output_size=keys[0].numel())]
+    rels = [col_rel.expand_as(valid)[valid]]
     labels = [torch.where(keys[0] == qs[0], int(EdgeLabel.SELF), int(EdgeLabel.CONTEXTUAL)).to(torch.int8)]
     # Affiliated: span node (l, v) attends its tokens.
     for lvl in range(1, len(sizes)):
@@ -122,3 +97,59 @@ def bp_transformer(n: int, *, k: int, causal: bool = False, queries: range | Non
     # Token rows (ids < n) come first, then span rows level by level: already sorted.
     return AttentionGraph._trusted(torch.stack([torch.cat(keys), torch.cat(qs)]), num_nodes,
                                    node_type, torch.cat(labels), torch.cat(rels))
+
+
+def _token_key_table(tok: torch.Tensor, sizes: list[int], shift: list[int], k: int, causal: bool):
+    """Contextual keys of the token rows ``tok`` as a table in which every row is sorted:
+    ``(keys [T, C], valid [T, C], relative [C])``.
+
+    The frontier walks up the tree: on the left, level ``l`` contributes the ``k`` nodes
+    ``p_l, p_l - 1, ..., p_l - k + 1`` (``p_0 = i - 1``, ``p_{l+1} = floor((p_l - k) / 2)``); when
+    ``p_l - k`` is even its parent would overlap covered tokens, so slot 0 of level ``l + 1`` is
+    that node itself (the uncovered child, id ``shift[l] + p_l - k``) instead of the parent. The
+    right side mirrors it (``r_0 = i + 1``, ``r_{l+1} = (r_l + k) // 2``, the child when
+    ``r_l + k`` is odd). Node ids grow with the level and, inside a level, with position, so the
+    columns below are in increasing key order in every row: level by level, the left child
+    taken for the level above, the level's left keys, the token itself (level 0), its right keys,
+    the right child taken for the level above. Slot 0 of a level above 0 has a column in each of
+    its two places, and the one that does not apply to a row is marked invalid there.
+    """
+    width = 2 * k + 1
+    cols, oks, rels = [], [], []
+
+    def put(key, ok, rel):
+        cols.append(key)
+        oks.append(ok)
+        rels.append(torch.zeros(key.shape[1], dtype=torch.int64) + rel)  # one id per column
+
+    left_slots = torch.arange(k - 1, -1, -1)  # column order: slot k-1 (smallest key) first
+    right_slots = torch.arange(k)
+    p, over = tok - 1, torch.zeros_like(tok, dtype=torch.bool)
+    r, rover = tok + 1, torch.zeros_like(tok, dtype=torch.bool)
+    for lvl, size in enumerate(sizes):
+        # The next level's frontier, to place its slot-0 children before / after this level.
+        p_end, r_end = p - k, r + k
+        p_up, r_up = torch.div(p_end, 2, rounding_mode="floor"), torch.div(r_end, 2, rounding_mode="floor")
+        up = lvl + 1 < len(sizes)
+        if up:  # left child of level lvl + 1's slot 0: node p_end of this level
+            put((shift[lvl] + p_end)[:, None], ((p_end % 2 == 0) & (p_up >= 0))[:, None],
+                width * (lvl + 1) + 1)
+        pos = p[:, None] - left_slots
+        ok = pos >= 0
+        if lvl:
+            ok[:, -1] &= ~over  # slot 0 taken as the child, in the level below
+        put(shift[lvl] + pos, ok, width * lvl + 2 * left_slots + 1)
+        if lvl == 0:
+            put(tok[:, None], torch.ones_like(ok[:, :1]), 0)
+        if not causal:
+            pos = r[:, None] + right_slots
+            ok = pos < size
+            if lvl:
+                ok[:, 0] &= ~rover
+            put(shift[lvl] + pos, ok, width * lvl + 2 * right_slots + 2)
+            if up:  # right child of level lvl + 1's slot 0: node r_end of this level
+                put((shift[lvl] + r_end)[:, None], ((r_end % 2 == 1) & (r_up < sizes[lvl + 1]) & (r_end < size))[:, None],
+                    width * (lvl + 1) + 2)
+        p, over = p_up, p_end % 2 == 0
+        r, rover = r_up, r_end % 2 == 1
+    return torch.cat(cols, dim=1), torch.cat(oks, dim=1), torch.cat(rels)

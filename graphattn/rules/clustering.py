@@ -11,7 +11,7 @@ import torch
 from graphattn._random import seed_key
 from graphattn._validate import check_int, renamed_parameters
 from graphattn.graph import AttentionGraph, EdgeLabel
-from graphattn.rules._build import coalesce
+from graphattn.rules._build import COALESCE_BYTES, check_edges, coalesce
 from graphattn.rules.hashing import _check_vectors, _compute_dtype
 
 __all__ = ["kmeans", "spherical_kmeans"]
@@ -129,6 +129,8 @@ def kmeans(x: torch.Tensor, *, num_clusters: int, keys: torch.Tensor | None = No
         cluster_size = -(-n // num_clusters)
     else:
         cluster_size = check_int("cluster_size", cluster_size, minimum=1, maximum=n)
+    check_edges(f"rules.kmeans(n={n}, num_clusters={num_clusters}, cluster_size={cluster_size})",
+                num_clusters * cluster_size**2 + n, COALESCE_BYTES)
     dtype = _compute_dtype(x)
     q = _unit(x.to(dtype))
     k = q if keys is None else _unit(keys.to(x.device, dtype))

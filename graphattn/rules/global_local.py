@@ -8,7 +8,7 @@ import torch
 
 from graphattn._validate import check_int, check_query_range
 from graphattn.graph import AttentionGraph, EdgeLabel, NodeType
-from graphattn.rules._build import coalesce, ranges
+from graphattn.rules._build import check_edges, coalesce, ranges
 from graphattn.rules.globals import global_nodes
 from graphattn.rules.position import band
 
@@ -59,6 +59,10 @@ def etc(n: int, *, num_global: int, radius: int, segments: Sequence[int] | None 
     total = n + num_global
     start, stop = check_query_range(queries, total)
     tok_rows = range(min(start, n), min(stop, n))
+    num_glob = max(stop, n) - max(start, n)
+    # band, global pieces, their union and the relative ids (one more int64 per edge, and temporaries)
+    check_edges(f"rules.etc(n={n}, num_global={num_global}, radius={radius})",
+                len(tok_rows) * (min(2 * radius + 1, n) + num_global) + num_global * num_glob + n * num_glob, 90)
     local = band(n, radius=radius, queries=tok_rows).add_nodes(num_global, node_type=NodeType.GLOBAL)
     # long-to-global and global-to-global: each row of the ETC global-node pattern without the
     # global rows' token keys, which global-to-long adds per segment.

@@ -8,7 +8,7 @@ import torch
 
 from graphattn._validate import check_index_list, check_int, check_query_range, renamed_parameters
 from graphattn.graph import AttentionGraph, EdgeLabel, NodeType
-from graphattn.rules._build import coalesce, token_types
+from graphattn.rules._build import COALESCE_BYTES, check_edges, coalesce, token_types
 
 __all__ = ["global_tokens", "global_nodes"]
 
@@ -27,6 +27,9 @@ def global_tokens(n: int, *, global_indices: Sequence[int], queries: range | Non
     n = check_int("n", n, minimum=0)
     glob = check_index_list("global_indices", global_indices, size=n)
     start, stop = check_query_range(queries, n)
+    g_rows = int(((glob >= start) & (glob < stop)).sum())
+    check_edges(f"rules.global_tokens(n={n}, {glob.numel()} global_indices)",
+                (stop - start - g_rows) * (glob.numel() + 1) + g_rows * n, COALESCE_BYTES)
     rows = torch.arange(start, stop)
     is_glob = torch.zeros(n, dtype=torch.bool)
     is_glob[glob] = True
@@ -57,6 +60,8 @@ def global_nodes(n: int, *, num_global: int, queries: range | None = None) -> At
     count = check_int("num_global", num_global, minimum=0)
     total = n + count
     start, stop = check_query_range(queries, total)
+    num_tok, num_glob = max(min(stop, n) - min(start, n), 0), max(max(stop, n) - max(start, n), 0)
+    check_edges(f"rules.global_nodes(n={n}, num_global={count})", num_tok * (count + 1) + num_glob * total, 40)
     tok = torch.arange(min(start, n), min(stop, n))
     glob_rows = torch.arange(max(start, n), max(stop, n))
     # Token rows: self-loop, then the globals (all > n > token): already sorted.

@@ -11,7 +11,7 @@ import torch
 from graphattn._random import seed_key
 from graphattn._validate import check_int
 from graphattn.graph import AttentionGraph, EdgeLabel
-from graphattn.rules._build import coalesce
+from graphattn.rules._build import COALESCE_BYTES, check_edges, coalesce
 
 __all__ = ["lsh", "lsh_buckets"]
 
@@ -157,6 +157,12 @@ def lsh(x: torch.Tensor, *, num_buckets: int, num_hashes: int = 1, chunk: int | 
         chunk = check_int("chunk", chunk, minimum=1)
     n = x.shape[0]
     buckets = _buckets(x, num_buckets, num_hashes, seed).cpu()
+    if chunk is None:  # every pair sharing a bucket, per round
+        pairs = sum(int(torch.bincount(b, minlength=num_buckets).square().sum()) for b in buckets)
+    else:
+        pairs = num_hashes * (-(-n // chunk)) * chunk * 2 * chunk
+    check_edges(f"rules.lsh(n={n}, num_buckets={num_buckets}, num_hashes={num_hashes}, chunk={chunk})",
+                pairs + n, COALESCE_BYTES)
     keys, queries = [], []
     for b in buckets:  # rounds
         key, query = _exact_edges(b, num_buckets) if chunk is None else _chunked_edges(b, num_buckets, chunk)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import numbers
 from typing import Sequence
 
+from graphattn._memory import edge_bytes
 from graphattn._validate import check_index_list, check_int, check_query_range
 from graphattn.compose import stack_heads
 from graphattn.graph import AttentionGraph
 from graphattn.rules.globals import global_tokens
 from graphattn.rules.position import dilated
+from graphattn.rules._build import check_edges
 
 __all__ = ["longformer"]
 
@@ -33,7 +35,6 @@ def longformer(n: int, *, radius: int, dilation: int | Sequence[int] = 1, global
     """
     n = check_int("n", n, minimum=0)
     radius = check_int("radius", radius, minimum=0)
-    check_query_range(queries, n)
     per_head = isinstance(dilation, Sequence) and not isinstance(dilation, (str, bytes))
     if not per_head and (isinstance(dilation, bool) or not isinstance(dilation, numbers.Integral)):
         raise TypeError(f"expected dilation to be an int or a sequence of ints (one per head), "
@@ -44,6 +45,12 @@ def longformer(n: int, *, radius: int, dilation: int | Sequence[int] = 1, global
     dilations = [check_int(f"dilation[{h}]" if per_head else "dilation", d, minimum=1)
                  for h, d in enumerate(dilations)]
     glob = check_index_list("global_indices", global_indices, size=n)
+    start, stop = check_query_range(queries, n)
+    g_rows = int(((glob >= start) & (glob < stop)).sum())
+    head_edges = (stop - start) * (min(2 * radius + 1, n) + glob.numel()) + g_rows * n
+    # each head's band and its union with the globals; per-head layouts then coalesce the heads
+    check_edges(f"rules.longformer(n={n}, radius={radius}, dilation={dilation})", head_edges * len(dilations),
+                2 * edge_bytes(1) + (40 if per_head else 0))
     globals_ = global_tokens(n, global_indices=glob, queries=queries)
     heads = [dilated(n, radius=radius, dilation=d, queries=queries) | globals_ for d in dilations]
     return stack_heads(heads) if per_head else heads[0]

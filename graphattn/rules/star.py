@@ -6,7 +6,7 @@ import torch
 
 from graphattn._validate import check_bool, check_int, check_query_range
 from graphattn.graph import AttentionGraph, EdgeLabel, NodeType
-from graphattn.rules._build import coalesce
+from graphattn.rules._build import check_edges
 
 __all__ = ["star_transformer"]
 
@@ -34,24 +34,48 @@ def star_transformer(n: int, *, cyclic: bool = True, queries: range | None = Non
     num_nodes = 2 * n + 1
     relay = 2 * n
     start, stop = check_query_range(queries, num_nodes)
-    sat = torch.arange(min(start, n), min(stop, n))
-    left, right = sat - 1, sat + 1
-    if cyclic:
-        left, right = left % n, right % n
-    else:  # an open ring: the missing neighbour is replaced by the satellite itself (deduplicated)
-        left, right = torch.where(left < 0, sat, left), torch.where(right >= n, sat, right)
-    ring = torch.stack([left, sat, right, sat + n, torch.full_like(sat, relay)], dim=1)
-    ring_q = sat[:, None].expand_as(ring)
+    a, b = min(start, n), min(stop, n)
+    lo = min(max(a, 1), b) if n >= 3 else a
+    hi = max(min(b, n - 1), lo) if n >= 3 else a
     has_relay = start <= relay < stop
-    radical = torch.arange(n + 1) if has_relay else torch.empty(0, dtype=torch.int64)
-    radical = torch.where(radical == n, relay, radical)
-    key = torch.cat([ring.reshape(-1), radical])
-    query = torch.cat([ring_q.reshape(-1), torch.full_like(radical, relay)])
-    label = torch.cat([torch.full((ring.numel(),), int(EdgeLabel.RING), dtype=torch.int8),
-                       torch.full((radical.numel(),), int(EdgeLabel.RADICAL), dtype=torch.int8)])
+    num_edges = 5 * (b - a) + (n + 1) * has_relay
+    check_edges(f"rules.star_transformer(n={n})", num_edges)
+    # Rows away from the ring's ends attend i-1, i, i+1, n+i, 2n: already sorted, written in place.
+    # The end rows (wrap-around, or a ring of 1 or 2) are sorted and de-duplicated on their own.
+    head, tail = _end_rows(range(a, lo), n, cyclic), _end_rows(range(hi, b), n, cyclic)
+    num_edges = head.shape[1] + 5 * (hi - lo) + tail.shape[1] + (n + 1) * has_relay
+    edge_index = torch.empty(2, num_edges, dtype=torch.int64)
+    e0, e1 = head.shape[1], head.shape[1] + 5 * (hi - lo)
+    edge_index[:, :e0] = head
+    sat = torch.arange(lo, hi)
+    torch.add(sat[:, None], torch.tensor([-1, 0, 1, n]), out=edge_index[0, e0:e1].view(-1, 5)[:, :4])
+    edge_index[0, e0:e1].view(-1, 5)[:, 4] = relay
+    edge_index[1, e0:e1].view(-1, 5).copy_(sat[:, None].expand(-1, 5))
+    edge_index[:, e1:e1 + tail.shape[1]] = tail
+    label = torch.full((num_edges,), int(EdgeLabel.RING), dtype=torch.int8)
+    if has_relay:  # the relay attends every satellite and itself
+        edge_index[0, -(n + 1):-1] = torch.arange(n)
+        edge_index[0, -1] = relay
+        edge_index[1, -(n + 1):] = relay
+        label[-(n + 1):] = int(EdgeLabel.RADICAL)
     node_type = torch.cat([
         torch.full((n,), int(NodeType.TOKEN), dtype=torch.int8),
         torch.full((n,), int(NodeType.EMBEDDING), dtype=torch.int8),
         torch.tensor([int(NodeType.RELAY)], dtype=torch.int8),
     ])
-    return coalesce(key, query, num_nodes, node_type=node_type, label=label)
+    return AttentionGraph._trusted(edge_index, num_nodes, node_type, label)
+
+
+def _end_rows(rows: range, n: int, cyclic: bool) -> torch.Tensor:
+    """Ring edges of the satellites ``rows``, for the rows whose neighbours wrap around or
+    coincide: the five candidate keys per row, sorted, duplicates dropped."""
+    sat = torch.arange(rows.start, rows.stop)
+    left, right = sat - 1, sat + 1
+    if cyclic:
+        left, right = left % n, right % n
+    else:  # an open ring: the missing neighbour is replaced by the satellite itself (deduplicated)
+        left, right = torch.where(left < 0, sat, left), torch.where(right >= n, sat, right)
+    keys = torch.sort(torch.stack([left, sat, right, sat + n, torch.full_like(sat, 2 * n)], dim=1), dim=1).values
+    fresh = torch.ones_like(keys, dtype=torch.bool)
+    fresh[:, 1:] = keys[:, 1:] != keys[:, :-1]
+    return torch.stack([keys[fresh], sat[:, None].expand_as(keys)[fresh]])
