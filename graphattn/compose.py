@@ -14,6 +14,7 @@ import torch
 from graphattn._validate import check_int, check_query_range, renamed_parameters
 from graphattn._memory import check_memory, edge_bytes
 from graphattn._edge_sets import edge_codes, exclusive_cumsum, locate
+from graphattn._structure import Lifted
 from graphattn.graph import AttentionGraph, _as_graphs, _heads, difference, intersection, union
 
 __all__ = ["union", "intersection", "difference", "lift_blocks", "batch", "stack_heads", "schedule"]
@@ -33,7 +34,9 @@ def lift_blocks(
     Tokens ``[I*block_size, min((I+1)*block_size, num_tokens))`` form block ``I``; the last block
     may be partial. ``block_graph`` must have exactly ``ceil(num_tokens / block_size)`` token nodes and no
     relative positions. Labels and head masks travel with the block edges. ``queries`` restricts
-    the output to a token range (sharding). Work and memory are linear in the output.
+    the output to a token range (sharding). The result keeps the block structure: its edge list is
+    built (in time and memory linear in it) only when something reads the edges, and the
+    attention engine plans it from the blocks (:mod:`graphattn._structure`).
 
     >>> from graphattn import rules
     >>> lift_blocks(rules.band(2, radius=0), block_size=2, num_tokens=3).to_dense().int().tolist()
@@ -52,6 +55,13 @@ def lift_blocks(
     if block_graph.relative is not None:
         raise ValueError("expected block_graph without relative positions (they do not lift to tokens)")
     start, stop = check_query_range(queries, num_tokens)
+    node_type = torch.zeros(num_tokens, dtype=torch.int8, device=block_graph.device)
+    return AttentionGraph._implicit(num_tokens, node_type, Lifted(block_graph, block, num_tokens, start, stop))
+
+
+def _lift_edges(block_graph: AttentionGraph, block: int, num_tokens: int, start: int, stop: int) -> AttentionGraph:
+    """The edge list of a lifted block graph (checked arguments; see :func:`lift_blocks`)."""
+    num_blocks = block_graph.num_nodes
     device = block_graph.device
     bkey = block_graph.edge_index[0]
     bsize = (num_tokens - torch.arange(num_blocks, device=device) * block).clamp_max(block)

@@ -53,6 +53,9 @@ def _enum_names(enum_cls) -> dict[str, int]:
     return {m.name.lower(): int(m) for m in enum_cls}
 
 
+_EDGE_SLOTS = ("edge_index", "edge_label", "relative", "head_mask")
+
+
 class AttentionGraph:
     """A directed attention graph over ``num_nodes`` nodes.
 
@@ -120,6 +123,38 @@ class AttentionGraph:
         object.__setattr__(self, "head_mask", head_mask)
         object.__setattr__(self, "_cache", {})
         return self
+
+    @classmethod
+    def _implicit(cls, num_nodes: int, node_type: torch.Tensor, structure) -> "AttentionGraph":
+        """A graph known by its structure (:mod:`graphattn._structure`): the edge arrays are built
+        on first read; counts, slices, moves and tiling plans come from the structure. Internal."""
+        self = object.__new__(cls)
+        object.__setattr__(self, "num_nodes", int(num_nodes))
+        object.__setattr__(self, "node_type", node_type.to(torch.int8))
+        object.__setattr__(self, "_cache", {"structure": structure})
+        return self
+
+    def __getattr__(self, name):
+        # Called only for an unset slot: the edge arrays of a structured graph, built on first read.
+        if name in _EDGE_SLOTS:
+            structure = object.__getattribute__(self, "_cache").get("structure")
+            if structure is not None:
+                g = structure.materialize()
+                for slot in _EDGE_SLOTS:
+                    object.__setattr__(self, slot, object.__getattribute__(g, slot))
+                return object.__getattribute__(self, name)
+        raise AttributeError(f"'AttentionGraph' object has no attribute {name!r}")
+
+    @property
+    def structure(self):
+        """The structure this graph was built from while its edge list is not built (band,
+        dilated, lifted block graphs), else None: what :func:`graphattn.nn.plan.get_plan` plans
+        from without the edges."""
+        try:
+            object.__getattribute__(self, "edge_index")
+            return None
+        except AttributeError:
+            return self._cache.get("structure")
 
     def __setattr__(self, name, value):
         raise AttributeError("AttentionGraph is immutable; build a new graph instead")
@@ -259,6 +294,11 @@ class AttentionGraph:
     # ------------------------------------------------------------------ basic properties
     @property
     def num_edges(self) -> int:
+        structure = self.structure
+        if structure is not None:
+            if "num_edges" not in self._cache:
+                self._cache["num_edges"] = structure.num_edges()
+            return self._cache["num_edges"]
         return self.edge_index.shape[1]
 
     @property
@@ -271,11 +311,14 @@ class AttentionGraph:
     @property
     def num_heads(self) -> int | None:
         """Heads of a per-head layout, or ``None`` when every edge serves every head."""
+        structure = self.structure
+        if structure is not None:
+            return structure.num_heads
         return None if self.head_mask is None else self.head_mask.shape[1]
 
     @property
     def device(self) -> torch.device:
-        return self.edge_index.device
+        return self.node_type.device
 
     @property
     def keys(self) -> torch.Tensor:
@@ -289,7 +332,9 @@ class AttentionGraph:
     def query_ptr(self) -> torch.Tensor:
         """CSR row pointer over queries, ``[num_nodes + 1]``: query ``i`` owns edges ``ptr[i]:ptr[i+1]``."""
         if "query_ptr" not in self._cache:
-            counts = torch.bincount(self.edge_index[1], minlength=self.num_nodes)
+            structure = self.structure
+            counts = (structure.counts() if structure is not None
+                      else torch.bincount(self.edge_index[1], minlength=self.num_nodes))
             self._cache["query_ptr"] = exclusive_cumsum(counts)
         return self._cache["query_ptr"]
 
@@ -319,6 +364,9 @@ class AttentionGraph:
     # ------------------------------------------------------------------ conversions
     def to(self, device) -> "AttentionGraph":
         """A copy on ``device`` (the tiling plans cached on this graph are not carried over)."""
+        structure = self.structure
+        if structure is not None:
+            return AttentionGraph._implicit(self.num_nodes, self.node_type.to(device), structure.to(device))
         mv = lambda t: None if t is None else t.to(device)  # noqa: E731
         return AttentionGraph._trusted(
             self.edge_index.to(device), self.num_nodes, self.node_type.to(device),
@@ -387,6 +435,9 @@ class AttentionGraph:
         """The edges whose query lies in ``[start, stop)``; nodes unchanged (a shard's view)."""
         start = check_int("start", start, minimum=0, maximum=self.num_nodes)
         stop = check_int("stop", stop, minimum=start, maximum=self.num_nodes)
+        structure = self.structure
+        if structure is not None:
+            return AttentionGraph._implicit(self.num_nodes, self.node_type, structure.slice(start, stop))
         lo, hi = int(self.query_ptr[start]), int(self.query_ptr[stop])
         keep = torch.zeros(self.num_edges, dtype=torch.bool, device=self.device)
         keep[lo:hi] = True
@@ -443,8 +494,8 @@ class AttentionGraph:
         queries = deg[deg > 0]
         mean = float(queries.double().mean()) if queries.numel() else 0.0
         mx = int(queries.max()) if queries.numel() else 0
-        extra = f", heads={self.num_heads}" if self.head_mask is not None else ""
-        extra += ", relative" if self.relative is not None else ""
+        extra = f", heads={self.num_heads}" if self.num_heads is not None else ""
+        extra += ", relative" if self.structure is None and self.relative is not None else ""
         return (f"AttentionGraph(num_nodes={self.num_nodes}, num_tokens={self.num_tokens}, "
                 f"num_edges={self.num_edges}, keys_per_query(mean={mean:.2f}, max={mx}), "
                 f"density={self.density():.4f}{extra})")

@@ -48,13 +48,14 @@ class Poison:
     (every forward input finite) marks nothing in the forward and only screens the incoming
     gradient in the backward."""
 
-    def __init__(self, q, k, v, bias, edge_index, head_mask, *, clean: bool = False):
-        self.edge_index, self.head_mask, self.nk = edge_index, head_mask, k.shape[0]
+    def __init__(self, q, k, v, bias, edges, head_mask, *, clean: bool = False):
+        # edges: a callable giving the edge_index (a structured graph builds it only if needed)
+        self._edges, self.head_mask, self.nk = edges, head_mask, k.shape[0]
         self._backward_rows: torch.Tensor | None = None
         self.bad_q = self.bad_k = self.bad_v = self.bad_bias = self.rows = None
         if clean:
             return
-        key, query = edge_index[0], edge_index[1]
+        key, query = self.edge_index[0], self.edge_index[1]
         self.bad_q, self.bad_k, self.bad_v = _bad_rows(q), _bad_rows(k), _bad_rows(v)
         self.bad_bias = None if bias is None else torch.isnan(bias)
         # Edges (per head) through which a bad key, value or bias reaches its query.
@@ -67,16 +68,20 @@ class Poison:
         hits.index_add_(0, query, bad_edge.to(torch.int32))
         self.rows = self.bad_q | (hits > 0)  # poisoned queries [Nq, H]
 
+    @property
+    def edge_index(self) -> torch.Tensor:
+        return self._edges()
+
     @staticmethod
-    def find(q, k, v, bias, edge_index, head_mask) -> "Poison | None":
+    def find(q, k, v, bias, edges, head_mask) -> "Poison | None":
         """The poison of this call; a clean one when every input is finite and gradients are
         needed (to screen the incoming gradient); None when neither."""
         if any(_maybe_bad(t) for t in (q, k, v, bias)):
-            p = Poison(q, k, v, bias, edge_index, head_mask)
+            p = Poison(q, k, v, bias, edges, head_mask)
             if bool(p.rows.any() or p.bad_k.any() or p.bad_v.any()):
                 return p
         if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, bias)):
-            return Poison(q, k, v, bias, edge_index, head_mask, clean=True)
+            return Poison(q, k, v, bias, edges, head_mask, clean=True)
         return None
 
     # ---- what the backward poisons: the forward's poisoned queries and the queries whose

@@ -125,7 +125,7 @@ class GraphAttention(nn.Module):
         num_edges = graph.num_edges if isinstance(graph, AttentionGraph) else graph.shape[-1]
         bias = self._edge_bias(graph, edge_bias, num_edges)
         dropout = self.dropout if self.training else 0.0
-        per_head = isinstance(graph, AttentionGraph) and graph.head_mask is not None
+        per_head = isinstance(graph, AttentionGraph) and graph.num_heads is not None
         if B == 1 or per_head:
             results = [graph_attention(q[b], k[b], v[b], graph, bias=bias, head_mask=head_mask, dropout_p=dropout,
                                        return_attention_weights=return_attention_weights) for b in range(B)]

@@ -15,7 +15,7 @@ from graphattn.graph import AttentionGraph
 from graphattn.nn import backends as _backends
 from graphattn.nn._engine import attention_weights, score_bound
 from graphattn.nn._nonfinite import Poison
-from graphattn.nn.plan import _build_plan, get_plan, plan_bytes
+from graphattn.nn.plan import _build_plan, get_plan
 
 __all__ = ["graph_attention", "merge_attention"]
 
@@ -191,18 +191,16 @@ def _check_bias(bias, E: int, H: int):
         raise ValueError("expected bias without +inf (a +inf score has no softmax; -inf removes an edge), got +inf")
 
 
-def _check_memory(q, k, v, E: int, plan_cached: bool, tile: int, dense_threshold: float, nq: int, nk: int,
-                  heads_in_plan: int):
-    """The call's allocations before any is made: the plan (unless cached), the output and its
-    log-sum-exp state, and the engine's working set (bounded chunks of tiles and the CSR part's
-    per-head operands)."""
+def _check_memory(q, k, v, plan, E: int, nq: int, nk: int):
+    """The call's allocations before any is made (the plan, built or cached, checks its own):
+    the output and its log-sum-exp state, gradients' head-major copies, and the engine's working
+    set (bounded chunks of dense tiles, the CSR part's per-head values)."""
     H, Dv = q.shape[1], v.shape[2]
     acc = 8 if q.dtype == torch.float64 else 4
-    est = nq * H * (Dv + 3) * acc + (nq + nk) * H * q.shape[2] * acc  # out, m, l, lse; head-major copies
-    # CSR values per head; a dense chunk's score cells (engine._CELLS, heads included) in 4 buffers
-    est += E * H * acc * 2 + (1 << 20) * acc * 4
-    if not plan_cached:
-        est += plan_bytes(E, nq, nk, tile=tile, dense_threshold=dense_threshold, heads=heads_in_plan)
+    est = nq * H * (Dv + 3) * acc  # out, m, l, lse
+    if plan.sparse is not None:  # head-major copies of q and k, and the CSR values per head
+        est += (nq + nk) * H * q.shape[2] * acc + plan.sparse_edges * H * acc * 2
+    est += (1 << 20) * acc * 4  # a dense chunk's score cells (engine._CELLS, heads included) in 4 buffers
     check_memory(f"graph_attention over {E:,} edges ({nq:,} queries, {nk:,} keys, {H} heads)", est, q.device)
 
 
@@ -302,14 +300,18 @@ def graph_attention(
             raise ValueError(f"expected graph on {q.device} like q, got {graph.device} (use graph.to(device))")
         if head_mask is not None:
             raise ValueError("expected head_mask only with an edge_index (an AttentionGraph carries its own)")
-        edge_index, head_mask, cached = graph.edge_index, graph.head_mask, ("plan", nq, nk, tile, dense_threshold) in graph._cache
+        # A structured graph (band, BigBird) runs without its edge list unless a step needs it.
+        head_mask = graph.head_mask if graph.num_heads is not None else None
+        edges = lambda: graph.edge_index  # noqa: E731
+        E = graph.num_edges
     elif isinstance(graph, torch.Tensor):
         entry = _entry(graph, nq, nk, q.device)
         edge_index = graph if entry.ei is None else entry.ei
-        multi, cached = entry.multi, bool(entry.plans)
+        multi = entry.multi
+        edges = lambda: edge_index  # noqa: E731
+        E = edge_index.shape[1]
     else:
         raise TypeError(f"expected graph to be an AttentionGraph or an edge_index tensor, got {type(graph).__name__}")
-    E = edge_index.shape[1]
     if head_mask is not None and not isinstance(graph, AttentionGraph):
         head_mask = _check_head_mask(head_mask, E, H, q.device)
     elif head_mask is not None and head_mask.shape[1] != H:
@@ -320,14 +322,14 @@ def graph_attention(
     dropout_p = check_float("dropout_p", dropout_p, minimum=0.0, maximum=1.0)
     if dropout_p == 1.0:
         raise ValueError("expected dropout_p < 1, got 1.0")
-    _check_memory(q, k, v, E, cached, tile, dense_threshold, nq, nk, 1 if head_mask is None else H)
     if isinstance(graph, AttentionGraph):
-        plan = get_plan(graph, nq, nk, tile=tile, dense_threshold=dense_threshold)
+        plan = get_plan(graph, nq, nk, tile=tile, dense_threshold=dense_threshold, edge_maps=bias is not None)
     else:
         plan = _edge_index_plan(entry, edge_index, head_mask, nq, nk, tile, dense_threshold)
+    _check_memory(q, k, v, plan, E, nq, nk)
 
     # Non-finite inputs run sanitised, NaN written back where the graph puts it.
-    poison = Poison.find(q, k, v, bias, edge_index, head_mask)
+    poison = Poison.find(q, k, v, bias, edges, head_mask)
     qs, ks, vs, bs = (q, k, v, bias) if poison is None else poison.inputs(q, k, v, bias)
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
     run_bias = bs if multi is None else _coalesced_bias(bs, head_mask, multi, H, acc)
@@ -341,7 +343,7 @@ def graph_attention(
     result = (out, lse) if return_lse else (out,)
     if return_attention_weights:
         w = attention_weights(qs.detach().to(acc), ks.detach().to(acc), None if bs is None else bs.detach().to(acc),
-                              scale, lse.detach(), edge_index, head_mask)
+                              scale, lse.detach(), edges(), head_mask)
         result += (w.to(q.dtype),)
     return result[0] if len(result) == 1 else result
 

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field, fields
 
 import torch
 
+from graphattn._edge_sets import exclusive_cumsum
+from graphattn._memory import check_memory
 from graphattn._validate import check_float, check_int
 
 __all__ = ["DenseGroup", "SparsePart", "TilingPlan", "build_plan", "get_plan", "plan_bytes"]
@@ -41,12 +43,15 @@ class DenseGroup:
     else None. k_offset: with consecutive query blocks, the offset when every block's key tiles
     are the consecutive ``qblocks[g] + k_offset + s`` (a band's window), else None. Such a group's
     operands are strided views of ``q``, ``k``, ``v``: no gathers.
+    A plan made from a graph's structure (:func:`structural_plan`) has no ``pos`` and ``edge_id``
+    (None): it serves calls without an edge bias; :func:`get_plan` builds the edge maps when a
+    bias needs them.
     """
 
     qblocks: torch.Tensor
     kblocks: torch.Tensor
-    pos: torch.Tensor
-    edge_id: torch.Tensor
+    pos: torch.Tensor | None
+    edge_id: torch.Tensor | None
     mask: torch.Tensor
     row_any: torch.Tensor | None = None
     q_start: int | None = None
@@ -55,6 +60,12 @@ class DenseGroup:
     def __post_init__(self):
         if self.row_any is None:
             self.row_any = _row_any(self.mask)
+
+
+def _mask_cells(mask: torch.Tensor) -> int:
+    if mask.shape[0] > 1 and mask.stride(0) == 0:
+        return int(mask[:1].sum()) * mask.shape[0]
+    return int(mask.sum())
 
 
 def _row_any(mask: torch.Tensor) -> torch.Tensor:
@@ -110,7 +121,12 @@ class TilingPlan:
 
     @property
     def dense_edges(self) -> int:
-        return sum(int(g.pos.numel()) for g in self.dense)
+        return sum(int(g.pos.numel()) if g.pos is not None else _mask_cells(g.mask) for g in self.dense)
+
+    @property
+    def has_edge_maps(self) -> bool:
+        """Whether every dense group knows its edges' positions and ids (an edge bias needs them)."""
+        return all(g.pos is not None for g in self.dense)
 
     @property
     def sparse_edges(self) -> int:
@@ -137,12 +153,6 @@ class TilingPlan:
         return (f"TilingPlan(queries={self.num_queries}, keys={self.num_keys}, edges={self.num_edges}, "
                 f"tile={self.tile}, dense_tiles={self.dense_tiles}, dense_edges={self.dense_edges}, "
                 f"groups={len(self.dense)}, sparse_edges={self.sparse_edges})")
-
-
-def _exclusive_cumsum(x: torch.Tensor) -> torch.Tensor:
-    out = torch.zeros(x.numel() + 1, dtype=torch.int64, device=x.device)
-    torch.cumsum(x, 0, out=out[1:])
-    return out
 
 
 def _tile_counts(qb: torch.Tensor, kb: torch.Tensor, QB: int, KB: int):
@@ -210,6 +220,9 @@ def _build_plan(edge_index, num_queries: int, num_keys: int, head_mask, tile, de
     key, query = edge_index[0], edge_index[1]
     E = key.numel()
     heads = None if head_mask is None else head_mask.shape[1]
+    check_memory(f"the tiling plan of {E:,} edges ({num_queries:,} queries, {num_keys:,} keys, tile {tile})",
+                 plan_bytes(E, num_queries, num_keys, tile=tile, dense_threshold=dense_threshold, heads=heads or 1),
+                 device)
     hm = 1 if heads is None else heads
     QB, KB = -(-num_queries // tile), -(-num_keys // tile)
     plan = TilingPlan(num_queries, num_keys, E, tile, heads)
@@ -236,7 +249,7 @@ def _build_plan(edge_index, num_queries: int, num_keys: int, head_mask, tile, de
     d_qb, d_kb = u_qb[is_dense], u_kb[is_dense]
     if d_qb.numel():
         blocks, per_block = torch.unique_consecutive(d_qb, return_counts=True)
-        first = _exclusive_cumsum(per_block)
+        first = exclusive_cumsum(per_block)
         slot = torch.arange(d_qb.numel(), device=device) - torch.repeat_interleave(first[:-1], per_block)
         tile_slot = torch.full((uniq.numel(),), -1, dtype=torch.int64, device=device)
         tile_slot[is_dense.nonzero().flatten()] = slot
@@ -246,7 +259,7 @@ def _build_plan(edge_index, num_queries: int, num_keys: int, head_mask, tile, de
         order_blocks = torch.sort(per_block, stable=True).indices  # blocks by c, then id
         rank = torch.empty_like(order_blocks)
         cs, c_counts = torch.unique_consecutive(per_block[order_blocks], return_counts=True)
-        c_first = _exclusive_cumsum(c_counts)
+        c_first = exclusive_cumsum(c_counts)
         rank[order_blocks] = torch.arange(blocks.numel(), device=device) - torch.repeat_interleave(
             c_first[:-1], c_counts)
         rank_of = torch.zeros(QB, dtype=torch.int64, device=device)
@@ -272,8 +285,8 @@ def _build_plan(edge_index, num_queries: int, num_keys: int, head_mask, tile, de
                 0, u_qb[is_dense], counts[is_dense])  # dense edges per query block
             out_blocks = blocks[order_blocks]
             out_start = torch.zeros(QB, dtype=torch.int64, device=device)
-            out_start[out_blocks] = _exclusive_cumsum(per_block[out_blocks])[:-1]
-            shift_u = (out_start - _exclusive_cumsum(per_block)[:-1])[u_qb]
+            out_start[out_blocks] = exclusive_cumsum(per_block[out_blocks])[:-1]
+            shift_u = (out_start - exclusive_cumsum(per_block)[:-1])[u_qb]
             dest = torch.arange(Ed, device=device) + shift_u[inv_d]
             src = torch.arange(Ed, device=device) if eid is None else eid
             eid = torch.empty_like(src).index_put_((dest,), src)
@@ -281,13 +294,13 @@ def _build_plan(edge_index, num_queries: int, num_keys: int, head_mask, tile, de
             g_edges = torch.zeros(cs.numel(), dtype=torch.int64, device=device).index_add_(
                 0, torch.repeat_interleave(torch.arange(cs.numel(), device=device), c_counts),
                 per_block[out_blocks])
-            e_ptr = _exclusive_cumsum(g_edges)
+            e_ptr = exclusive_cumsum(g_edges)
         else:
             eid = torch.arange(Ed, device=device) if eid is None else eid
             w_e = width_u[inv_d]
             order = torch.sort(w_e * (int(pos.max()) + 1) + pos).indices
             eid, pos, w_e = eid[order], pos[order], w_e[order]
-            e_ptr = _exclusive_cumsum(torch.bincount(torch.searchsorted(cs * tile, w_e), minlength=cs.numel()))
+            e_ptr = exclusive_cumsum(torch.bincount(torch.searchsorted(cs * tile, w_e), minlength=cs.numel()))
         for gi, c in enumerate(cs.tolist()):
             members = blocks[order_blocks[c_first[gi]:c_first[gi + 1]]]  # increasing block ids
             G = members.numel()
@@ -311,10 +324,10 @@ def _build_plan(edge_index, num_queries: int, num_keys: int, head_mask, tile, de
         if not edges_sorted:
             order = torch.sort(s_q * max(num_keys, 1) + s_k).indices
             s_eid, s_q, s_k = s_eid[order], s_q[order], s_k[order]
-        crow = _exclusive_cumsum(torch.bincount(s_q, minlength=num_queries))
+        crow = exclusive_cumsum(torch.bincount(s_q, minlength=num_queries))
         # (key, query) order: a stable sort by key of the (query, key)-sorted edges.
         t_perm = torch.sort(s_k, stable=True).indices
-        t_crow = _exclusive_cumsum(torch.bincount(s_k, minlength=num_keys))
+        t_crow = exclusive_cumsum(torch.bincount(s_k, minlength=num_keys))
         allowed = (head_mask[s_eid] if heads is not None
                    else torch.empty(0, dtype=torch.bool, device=device))
         plan.sparse = SparsePart(crow, s_k, s_eid, t_crow, s_q[t_perm], t_perm, allowed)
@@ -333,16 +346,177 @@ def plan_bytes(num_edges: int, num_queries: int, num_keys: int, *, tile: int = 6
     return int(num_edges * per_edge) + (num_queries + num_keys + 2) * 8 * 2 + blocks
 
 
-def get_plan(graph, num_queries: int, num_keys: int, *, tile: int = 64, dense_threshold: float = 0.25) -> TilingPlan:
-    """The plan of an AttentionGraph (cached on it per options and device) or of an edge_index."""
+def get_plan(graph, num_queries: int, num_keys: int, *, tile: int = 64, dense_threshold: float = 0.25,
+             edge_maps: bool = False) -> TilingPlan:
+    """The plan of an AttentionGraph (cached on it per options and device) or of an edge_index.
+
+    A graph that still holds only its structure (a band, a lifted block graph) is planned from it
+    (:func:`structural_plan`), without its edge list; ``edge_maps=True`` (a call with an edge
+    bias) asks for a plan with every dense edge's position and id, which needs the edges."""
     from graphattn.graph import AttentionGraph
 
     if not isinstance(graph, AttentionGraph):
         return build_plan(graph, num_queries, num_keys, tile=tile, dense_threshold=dense_threshold)
     cache_key = ("plan", num_queries, num_keys, tile, dense_threshold)
     plan = graph._cache.get(cache_key)
-    if plan is None:  # an AttentionGraph's edges are sorted by (query, key)
-        plan = _build_plan(graph.edge_index, num_queries, num_keys, graph.head_mask, tile, dense_threshold,
-                           sorted_edges=True)
-        graph._cache[cache_key] = plan
+    if plan is not None and (plan.has_edge_maps or not edge_maps):
+        return plan
+    structure = graph.structure
+    if plan is None and not edge_maps and structure is not None and num_queries == num_keys == graph.num_nodes:
+        plan = structural_plan(structure, tile=tile, dense_threshold=dense_threshold)
+        if plan is not None:
+            graph._cache[cache_key] = plan
+            return plan
+    # An AttentionGraph's edges are sorted by (query, key).
+    plan = _build_plan(graph.edge_index, num_queries, num_keys, graph.head_mask, tile, dense_threshold,
+                       sorted_edges=True)
+    graph._cache[cache_key] = plan
     return plan
+
+
+# ---------------------------------------------------------------------------------------------
+# Plans from a graph's structure (graphattn._structure): no edge list, no per-edge arrays.
+
+
+def structural_plan(structure, *, tile: int = 64, dense_threshold: float = 0.25) -> TilingPlan | None:
+    """The tiling plan of a structured graph (a band, a lifted block graph) computed from its
+    structure, or None when it has none here (dilated offsets, blocks that are not a multiple of
+    the tile, per-head layouts, or a tile the edge-list plan would leave sparse: those take the
+    edge list).
+
+    The same tiles and masks as :func:`build_plan` on the graph's edges (its query blocks may be
+    grouped differently: blocks whose masks are the same form one group with one shared mask), no
+    CSR part, and no ``pos`` / ``edge_id``. O(query blocks x tiles) work; only the border blocks'
+    masks are materialised."""
+    from graphattn._structure import Lifted, Window
+
+    tile = check_int("tile", tile, minimum=1)
+    dense_threshold = check_float("dense_threshold", dense_threshold, minimum=0.0, maximum=1.0)
+    if isinstance(structure, Window):
+        return _window_plan(structure, tile, dense_threshold)
+    if isinstance(structure, Lifted):
+        return _lifted_plan(structure, tile, dense_threshold)
+    return None
+
+
+def _consecutive_layout(qblocks: torch.Tensor, kblocks: torch.Tensor):
+    """``(q_start, k_offset)`` of :class:`DenseGroup` (None where the layout does not hold)."""
+    G, c = kblocks.shape
+    if not G or not bool((qblocks == qblocks[0] + torch.arange(G, device=qblocks.device)).all()):
+        return None, None
+    off = kblocks - qblocks[:, None]
+    if bool((off == off[0, 0] + torch.arange(c, device=off.device)).all()):
+        return int(qblocks[0]), int(off[0, 0])
+    return int(qblocks[0]), None
+
+
+def _plan_from_groups(n: int, T: int, groups: list, device) -> TilingPlan:
+    """``groups``: ``(qblocks [G], kblocks [G, c], mask [G or 1, 1, T, cT])``; a one-block mask
+    for several blocks is shared (expanded)."""
+    plan = TilingPlan(n, n, 0, T, None)
+    for qblocks, kblocks, mask in sorted(groups, key=lambda g: int(g[0][0])):
+        G = qblocks.numel()
+        mask = mask.to(device)
+        if mask.shape[0] != G:
+            mask = mask.expand(G, -1, -1, -1)
+        q_start, k_offset = _consecutive_layout(qblocks, kblocks)
+        plan.dense.append(DenseGroup(qblocks.to(device), kblocks.to(device), None, None, mask,
+                                     q_start=q_start, k_offset=k_offset))
+        plan.num_edges += _mask_cells(mask)
+    return plan
+
+
+def _dense_enough(mask: torch.Tensor, kblocks: torch.Tensor, qblocks: torch.Tensor, n: int, T: int, thr: float) -> bool:
+    """Whether every tile of these blocks is one the edge-list plan keeps dense (non-empty and at
+    least ``thr`` of its in-range cells)."""
+    G, c = kblocks.shape
+    cells = mask.reshape(mask.shape[0], T, c, T).sum(dim=(1, 3))  # [G, c]
+    rows_in = torch.clamp(n - qblocks * T, max=T)[:, None]
+    cols_in = torch.clamp(n - kblocks * T, max=T)
+    return not bool((cells == 0).any()) and not bool((cells < thr * rows_in * cols_in).any())
+
+
+def _window_plan(w, T: int, thr: float) -> TilingPlan | None:
+    if w.offsets.numel() == 0 or not w.contiguous:
+        return None
+    n, lo, hi = w.n, w.start, w.stop
+    omin, omax = int(w.offsets[0]), int(w.offsets[-1])
+    I = torch.arange(-(-n // T))
+    r_lo = torch.clamp(I * T, min=lo)
+    r_hi = torch.clamp(torch.clamp((I + 1) * T, max=n), max=hi)
+    # Row i has keys max(0, i + omin) .. min(n - 1, i + omax); a block's tiles span its rows'.
+    k_first = torch.clamp(r_lo + omin, min=0)
+    k_last = torch.clamp(r_hi - 1 + omax, max=n - 1)
+    present = (r_hi > r_lo) & (k_last >= k_first)
+    kf, kl = k_first // T, k_last // T
+    # Interior blocks (full rows in range, every key inside [0, n), every key tile full) have one
+    # geometry: one shared mask. The border blocks are planned one by one.
+    interior = (present & (r_lo == I * T) & (r_hi == (I + 1) * T) & (I * T + omin >= 0)
+                & ((I + 1) * T - 1 + omax <= n - 1) & ((kl + 1) * T <= n))
+    border = (present & ~interior).nonzero().flatten()
+    check_memory(f"the tiling plan of a band (n={n:,}, tile {T})",
+                 2 * sum(T * T * (int(kl[b] - kf[b]) + 1) for b in border.tolist()) + 64 * I.numel())
+    groups = []
+    for members in [interior.nonzero().flatten()] + [border[b:b + 1] for b in range(border.numel())]:
+        if not members.numel():
+            continue
+        first = members[:1]
+        c = int(kl[first] - kf[first]) + 1
+        i = first[:, None] * T + torch.arange(T)  # [1, T]
+        j = kf[first][:, None] * T + torch.arange(c * T)  # [1, cT]
+        d = j[:, None, :] - i[:, :, None]
+        inside = (j[:, None, :] < n) & (i[:, :, None] >= lo) & (i[:, :, None] < hi)
+        mask = ((d >= omin) & (d <= omax) & inside)[:, None]
+        kblocks = kf[members][:, None] + torch.arange(c)
+        if not _dense_enough(mask, kblocks[:1], first, n, T, thr):
+            return None
+        groups.append((members, kblocks, mask))
+    return _plan_from_groups(n, T, groups, w.device)
+
+
+def _lifted_plan(lf, T: int, thr: float) -> TilingPlan | None:
+    B = lf.block_size
+    if B % T or lf.num_heads is not None:
+        return None
+    m, n, lo, hi = B // T, lf.n, lf.start, lf.stop
+    key, query = (t.cpu() for t in lf.block_graph.edge_index)
+    nb = lf.block_graph.num_nodes
+    QB = -(-n // T)
+    # The key tiles of block row b: the tiles of its key blocks (inside n), in increasing order.
+    tiles_of = torch.clamp(-(-(n - torch.arange(nb) * B) // T), max=m)
+    per_edge = tiles_of[key]
+    ptr = exclusive_cumsum(torch.zeros(nb, dtype=torch.int64).index_add_(0, query, per_edge))
+    flat = torch.repeat_interleave(key * m, per_edge) + (
+        torch.arange(int(per_edge.sum())) - torch.repeat_interleave(exclusive_cumsum(per_edge)[:-1], per_edge))
+    I = torch.arange(QB)
+    b = I // m
+    r_lo = torch.clamp(I * T, min=lo)
+    r_hi = torch.clamp(torch.clamp((I + 1) * T, max=n), max=hi)
+    c_of = ptr[b + 1] - ptr[b]
+    present = (r_hi > r_lo) & (c_of > 0)
+    # A tile row cut by the query range below the threshold is sparse in the edge-list plan.
+    if bool((present & ((r_hi - r_lo) < thr * torch.clamp(n - I * T, max=T))).any()):
+        return None
+    # Rows whose cells are all edges (full rows in range, no partial last key tile) share one
+    # all-true mask per tile count; the others (a partial block, a range edge) are planned alone.
+    touches_last = torch.zeros(nb, dtype=torch.bool)
+    if n % T:
+        touches_last[query[key * m + tiles_of[key] - 1 == QB - 1]] = True
+    full = present & (r_lo == I * T) & (r_hi == (I + 1) * T) & ~touches_last[b]
+    alone = (present & ~full).nonzero().flatten()
+    check_memory(f"the tiling plan of a lifted block graph (n={n:,}, tile {T})",
+                 2 * sum(T * T * int(c_of[i]) for i in alone.tolist()) + 8 * int(c_of[full].sum()) + 64 * QB)
+    groups = []
+    rows_full = full.nonzero().flatten()
+    for c in torch.unique(c_of[rows_full]).tolist():
+        members = rows_full[c_of[rows_full] == c]
+        kblocks = flat[ptr[b[members]][:, None] + torch.arange(c)]
+        groups.append((members, kblocks, torch.ones(1, 1, T, c * T, dtype=torch.bool)))
+    for i in alone.tolist():
+        c = int(c_of[i])
+        kblocks = flat[ptr[b[i]] + torch.arange(c)][None]
+        rows = i * T + torch.arange(T)
+        cols = (kblocks[0, :, None] * T + torch.arange(T)).reshape(-1)
+        mask = ((rows >= r_lo[i]) & (rows < r_hi[i]))[:, None] & (cols < n)[None, :]
+        groups.append((torch.tensor([i]), kblocks, mask[None, None]))
+    return _plan_from_groups(n, T, groups, lf.device)

@@ -7,7 +7,8 @@ import torch
 from graphattn._validate import check_bool, check_int, check_query_range, renamed_parameters
 from graphattn.compose import lift_blocks
 from graphattn.graph import AttentionGraph, EdgeLabel
-from graphattn.rules._build import check_edges, token_types, window_rows
+from graphattn._structure import Window
+from graphattn.rules._build import check_edges, token_types
 
 __all__ = ["full", "band", "dilated", "block_local"]
 
@@ -29,10 +30,10 @@ def full(n: int, *, queries: range | None = None) -> AttentionGraph:
     return AttentionGraph._trusted(torch.stack([key, query]), n, token_types(n), EdgeLabel.FULL)
 
 
-def _window(what, n, offsets, label, queries) -> AttentionGraph:
+def _window(n, offsets, label, queries) -> AttentionGraph:
+    """A window graph: its edge list is built when read (:class:`graphattn._structure.Window`)."""
     start, stop = check_query_range(queries, n)
-    check_edges(what, (stop - start) * min(offsets.numel(), n))
-    return AttentionGraph._trusted(window_rows(start, stop, offsets, n), n, token_types(n), label)
+    return AttentionGraph._implicit(n, token_types(n), Window(n, offsets, label, start, stop))
 
 
 def band(n: int, *, radius: int, causal: bool = False, queries: range | None = None) -> AttentionGraph:
@@ -51,7 +52,7 @@ def band(n: int, *, radius: int, causal: bool = False, queries: range | None = N
     radius = check_int("radius", radius, minimum=0)
     causal = check_bool("causal", causal)
     offsets = torch.arange(-radius, 1 if causal else radius + 1)
-    return _window(f"rules.band(n={n}, radius={radius})", n, offsets, EdgeLabel.BAND, queries)
+    return _window(n, offsets, EdgeLabel.BAND, queries)
 
 
 def dilated(n: int, *, radius: int, dilation: int, causal: bool = False,
@@ -70,8 +71,7 @@ def dilated(n: int, *, radius: int, dilation: int, causal: bool = False,
     dilation = check_int("dilation", dilation, minimum=1)
     causal = check_bool("causal", causal)
     offsets = torch.arange(-radius, 1 if causal else radius + 1) * dilation
-    return _window(f"rules.dilated(n={n}, radius={radius}, dilation={dilation})", n, offsets,
-                   EdgeLabel.BAND if dilation == 1 else EdgeLabel.DILATED, queries)
+    return _window(n, offsets, EdgeLabel.BAND if dilation == 1 else EdgeLabel.DILATED, queries)
 
 
 @renamed_parameters(block="block_size")
@@ -88,8 +88,6 @@ def block_local(n: int, *, block_size: int, queries: range | None = None) -> Att
     """
     n = check_int("n", n, minimum=0)
     block_size = check_int("block_size", block_size, minimum=1)
-    start, stop = check_query_range(queries, n)
-    check_edges(f"rules.block_local(n={n}, block_size={block_size})", (stop - start) * min(block_size, n))
     blocks = -(-n // block_size)
     diag = torch.arange(blocks)
     block_graph = AttentionGraph._trusted(torch.stack([diag, diag]), blocks, token_types(blocks), EdgeLabel.BLOCK)

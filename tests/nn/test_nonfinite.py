@@ -162,7 +162,7 @@ def test_finite_inputs_install_nothing_without_grad():
 
     q, k, v = setup(10)
     ei = rules.band(10, radius=1).edge_index
-    assert Poison.find(q, k, v, None, ei, None) is None
-    assert Poison.find(q.requires_grad_(), k, v, None, ei, None).rows is None  # clean: screens dO only
+    assert Poison.find(q, k, v, None, lambda: ei, None) is None
+    assert Poison.find(q.requires_grad_(), k, v, None, lambda: ei, None).rows is None  # clean: screens dO only
     big = torch.full((10, 2, 8), 1e308, dtype=torch.float64)  # the sum overflows: a false alarm, cleared
-    assert Poison.find(big, k, v, None, ei, None) is None
+    assert Poison.find(big, k, v, None, lambda: ei, None) is None
