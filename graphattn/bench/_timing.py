@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-__all__ = ["Measurement", "measure", "format_table", "spawn_worker", "describe_cell"]
+__all__ = ["Measurement", "measure", "matmul_rate", "format_table", "spawn_worker", "describe_cell"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,25 @@ def measure(fn: Callable[[], object], *, repeats: int = 3, warmup: int = 1) -> M
         if _ != repeats - 1:
             del result
     return Measurement(statistics.median(times), min(times), repeats, result)
+
+
+def matmul_rate(n: int = 2048, repeats: int = 10, device="cpu", dtype=None) -> float:
+    """The GEMM rate of this process (FLOP/s): the median of ``repeats`` ``n x n`` products in
+    ``dtype`` (default fp32) on ``device``. Benchmarks state their FLOP floors against this rate,
+    measured in the same run, rather than against a vendor's peak."""
+    import torch
+
+    dtype = torch.float32 if dtype is None else dtype
+    gen = torch.Generator(device=device)
+    a, b = (torch.randn(n, n, generator=gen.manual_seed(i), device=device).to(dtype) for i in range(2))
+    if torch.device(device).type == "cuda":
+        def product():
+            a @ b
+            torch.cuda.synchronize(device)
+    else:
+        def product():
+            return a @ b
+    return 2.0 * n**3 / measure(product, repeats=repeats, warmup=2).median_s
 
 
 def format_table(headers: list[str], rows: list[list]) -> str:

@@ -24,14 +24,13 @@ import time
 
 import torch
 
-from graphattn.bench._timing import describe_cell, format_table, measure, spawn_worker
+from graphattn.bench import peers
+from graphattn.bench._timing import describe_cell, format_table, matmul_rate, measure, spawn_worker
+from graphattn.bench.cases import BLOCK, PATTERNS, RADIUS, RANDOM_KEYS, keys_per_query, pattern_graph
 
-__all__ = ["run", "run_cell", "matmul_rate", "edge_flops", "glibc_settings", "PATTERNS", "METHODS", "LARGE_N"]
+__all__ = ["run", "run_cell", "edge_flops", "glibc_settings", "PATTERNS", "METHODS", "LARGE_N"]
 
-PATTERNS = ("band", "bigbird", "random")
-METHODS = ("graphattn", "dense_sdpa", "blocked", "hf_longformer", "gather_scatter", "sparse_csr",
-           "flex", "hf_bigbird")
-RADIUS, BLOCK, RANDOM_KEYS = 128, 64, 32
+METHODS = ("graphattn",) + peers.names("cpu")
 LARGE_N = 1 << 20
 _GIB = 1 << 30
 
@@ -41,12 +40,6 @@ def edge_flops(pattern_edges: int, H: int, D: int, mode: str) -> float:
     return 4.0 * pattern_edges * H * D * (3.5 if mode == "fwd+bwd" else 1.0)
 
 
-def matmul_rate(n: int = 2048, repeats: int = 10) -> float:
-    """fp32 GEMM rate of this process (FLOP/s): the median of ``repeats`` ``n x n`` products."""
-    a, b = (torch.randn(n, n, generator=torch.Generator().manual_seed(i)) for i in range(2))
-    return 2.0 * n**3 / measure(lambda: a @ b, repeats=repeats, warmup=2).median_s
-
-
 def glibc_settings() -> str:
     """The malloc tunables of this environment (they move large-tensor timings)."""
     keys = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_ARENA_MAX")
@@ -54,28 +47,13 @@ def glibc_settings() -> str:
     return ", ".join(set_) if set_ else "glibc malloc defaults (buffers over 32 MB go back to the OS when freed)"
 
 
-def _graph(pattern: str, n: int):
-    from graphattn import rules
-
-    if pattern == "band":
-        return rules.band(n, radius=RADIUS)
-    if pattern == "bigbird":
-        return rules.bigbird(n, block_size=BLOCK, seed=0)
-    if pattern == "random":
-        return rules.random(n, num_random_keys=RANDOM_KEYS, seed=0)
-    raise ValueError(f"expected pattern in {PATTERNS}, got {pattern!r}")
-
-
 def applicable(method: str, pattern: str, n: int, H: int, D: int) -> str | None:
     """None if the cell runs, else why it is skipped."""
-    per_query = {"band": 2 * RADIUS + 1, "bigbird": 8 * BLOCK, "random": RANDOM_KEYS + 1}[pattern]
-    edges = n * per_query
-    if method in ("blocked", "hf_longformer", "flex") and pattern != "band":
-        return "band only"
-    if method == "hf_bigbird" and pattern != "bigbird":
-        return "bigbird only"
-    if method == "sparse_csr" and pattern != "random":
-        return "random only"
+    edges = n * keys_per_query(pattern)
+    if method != "graphattn":
+        runs_on = peers.get(method).patterns["cpu"]
+        if pattern not in runs_on:
+            return f"{', '.join(runs_on)} only"
     if n >= LARGE_N and method != "graphattn":
         return f"n = {n:,}: graphattn only"
     if method == "dense_sdpa" and n > 16384:
@@ -92,54 +70,33 @@ def _inputs(n, H, D, requires_grad):
 
 def run_cell(method: str, pattern: str, n: int, H: int, D: int, mode: str, repeats: int) -> dict:
     """Time one (method, pattern, n, mode) in this process; returns a JSON-able dict."""
-    from graphattn.bench import peers
     from graphattn.nn import graph_attention
+    from graphattn.nn.plan import get_plan
 
     if method == "matmul":
         return {"rate": matmul_rate()}
     backward = mode == "fwd+bwd"
     q, k, v = _inputs(n, H, D, backward)
     info: dict = {}
+    g = pattern_graph(pattern, n)
+    t0 = time.perf_counter()
     if method == "graphattn":
-        g = _graph(pattern, n)
-        t0 = time.perf_counter()
-        from graphattn.nn.plan import get_plan
-
         get_plan(g, n, n, tile=64, dense_threshold=0.25)
         info["setup_s"] = time.perf_counter() - t0
         info["edges"] = g.num_edges
         fn = lambda: graph_attention(q, k, v, g)  # noqa: E731
-    elif method == "dense_sdpa":
-        mask = _graph(pattern, n).to_dense()
-        fn = lambda: peers.dense_sdpa(q, k, v, mask)  # noqa: E731
-    elif method == "blocked":
-        fn = lambda: peers.blocked_band(q, k, v, RADIUS)  # noqa: E731
-    elif method == "gather_scatter":
-        ei = _graph(pattern, n).edge_index
-        fn = lambda: peers.gather_scatter(q, k, v, ei)  # noqa: E731
-    elif method == "sparse_csr":
-        g = _graph(pattern, n)
-        crow, col = g.query_ptr, g.edge_index[0]
-        fn = lambda: peers.sparse_csr(q, k, v, crow, col)  # noqa: E731
-    elif method == "flex":
-        if backward:
-            return {"skip": "no CPU backward"}
-        f, build = peers.flex_band(n, RADIUS)
-        t0 = time.perf_counter()
-        f(q, k, v)
-        info["setup_s"] = build + time.perf_counter() - t0  # BlockMask build + compile
-        info["blockmask_s"] = build
-        fn = lambda: f(q, k, v)  # noqa: E731
-    elif method in ("hf_longformer", "hf_bigbird"):
-        try:
-            layer_fn = (peers.hf_longformer(n, H, D, RADIUS) if method == "hf_longformer"
-                        else peers.hf_bigbird(n, H, D, BLOCK))
-        except ImportError:
-            return {"skip": "transformers not installed"}
-        x = torch.randn(n, H * D, generator=torch.Generator().manual_seed(1)).requires_grad_(backward)
-        fn = lambda: layer_fn(x)  # noqa: E731
     else:
-        raise ValueError(f"expected method in {METHODS}, got {method!r}")
+        peer = peers.get(method)
+        if backward and "cpu" not in peer.backward:
+            return {"skip": "no CPU backward"}
+        try:
+            f = peer.build(g, pattern, n, H, D, "cpu")
+        except ImportError as exc:
+            return {"skip": f"{exc.name or 'a dependency'} not installed"}
+        with torch.no_grad():
+            f(q, k, v)  # one-time work (masks, BlockMask, compile) counted as setup
+        info["setup_s"] = time.perf_counter() - t0
+        fn = lambda: f(q, k, v)  # noqa: E731
 
     if backward:
         def step():

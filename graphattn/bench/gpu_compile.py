@@ -27,18 +27,17 @@ def cases(n: int = 4096):
     configuration: the GPU benchmark's exactness graphs (fp32, bf16; 4 heads x 64), its timed
     patterns (bf16, 8 x 64, tiles 64 and 128), fp16 with dropout and head dim 24."""
     from graphattn import AttentionGraph, rules
-    from graphattn.bench.attention import _graph
-    from graphattn.bench.gpu import _exact_cases
+    from graphattn.bench.cases import exact_cases, pattern_graph
 
     out = []
-    for name, (build, with_bias, _flex) in _exact_cases(n).items():
+    for name, (build, with_bias, _flex) in exact_cases(n).items():
         built = build()
         graph, nq, nk = (built, n, n) if isinstance(built, AttentionGraph) else built
         for dtype in (torch.float32, torch.bfloat16):
             out.append((name, graph, nq, nk, 4, 64, dtype, with_bias, 0.0, 64))
     for pattern in ("band", "bigbird", "random"):
         for tile in ((64, 128) if pattern != "random" else (64,)):
-            out.append((f"bench {pattern}", _graph(pattern, n), n, n, 8, 64, torch.bfloat16, False, 0.0, tile))
+            out.append((f"bench {pattern}", pattern_graph(pattern, n), n, n, 8, 64, torch.bfloat16, False, 0.0, tile))
     mixed = rules.band(n, radius=64) | rules.random(n, num_random_keys=8, seed=1)
     out.append(("band+random, dropout, head dim 24", mixed, n, n, 2, 24, torch.float16, True, 0.1, 32))
     return out

@@ -1,22 +1,77 @@
-"""Peer implementations the attention benchmark measures graphattn against (same inputs, same
-run). Each is the standard way to run that pattern without graphattn."""
+"""The peers the benchmarks measure graphattn against: one registry for the CPU benchmark
+(:mod:`graphattn.bench.attention`) and the GPU benchmark (:mod:`graphattn.bench.gpu`).
+
+Each peer is the standard way to run a pattern without graphattn. A :class:`Peer` says on which
+devices it runs which patterns, where it has a backward, and builds a function ``fn(q, k, v) ->
+out`` on ``[N, H, D]`` tensors (one-time work, such as a mask, a BlockMask or a compile, happens in
+the build or the first call). A new peer is one function and one :func:`register` call; both
+benchmarks take their method lists from :func:`names`.
+"""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
-__all__ = ["dense_sdpa", "blocked_band", "gather_scatter", "sparse_csr", "flex_band", "hf_longformer",
-           "hf_bigbird"]
+__all__ = ["Peer", "register", "get", "names", "dense_sdpa", "blocked_band", "gather_scatter", "sparse_csr",
+           "band_block_mask", "flex_band", "hf_longformer", "hf_bigbird"]
 
 
-def dense_sdpa(q, k, v, mask):
-    """``scaled_dot_product_attention`` over all n^2 pairs with the graph as a bool mask.
-    q, k, v: [N, H, D]; mask [N, N] (rows are queries)."""
-    out = torch.nn.functional.scaled_dot_product_attention(
-        q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), attn_mask=mask)
-    return out.transpose(0, 1)
+@dataclass(frozen=True)
+class Peer:
+    """A benchmark peer.
+
+    ``patterns`` maps a device type (``"cpu"``, ``"cuda"``) to the patterns the peer runs there;
+    ``backward`` lists the device types where it has a backward. ``build(graph, pattern, n, H,
+    D, device)`` returns ``fn(q, k, v) -> out`` (``[N, H, D]`` in and out)."""
+
+    name: str
+    summary: str
+    patterns: dict
+    backward: tuple
+    build: Callable
+
+
+_PEERS: dict[str, Peer] = {}
+
+
+def register(peer: Peer) -> Peer:
+    if not isinstance(peer, Peer):
+        raise TypeError(f"expected a Peer, got {type(peer).__name__}")
+    if peer.name in _PEERS:
+        raise ValueError(f"expected a new peer name, got {peer.name!r} (registered already)")
+    _PEERS[peer.name] = peer
+    return peer
+
+
+def get(name: str) -> Peer:
+    if name not in _PEERS:
+        raise ValueError(f"expected a peer in {sorted(_PEERS)}, got {name!r}")
+    return _PEERS[name]
+
+
+def names(device_type: str | None = None) -> tuple[str, ...]:
+    """Registered peers in registration order; with ``device_type``, those that run there."""
+    return tuple(n for n, p in _PEERS.items() if device_type is None or device_type in p.patterns)
+
+
+def _bhnd(t):
+    """[N, H, D] -> [1, H, N, D] view (the layout SDPA and FlexAttention take)."""
+    return t.transpose(0, 1)[None]
+
+
+# ---------------------------------------------------------------------------------------------
+# The computations
+
+
+def dense_sdpa(q, k, v, mask=None):
+    """``scaled_dot_product_attention`` over all n^2 pairs, the graph as a bool mask (``[Nq, Nk]``,
+    rows are queries) or no mask (full attention). q, k, v: [N, H, D]."""
+    out = torch.nn.functional.scaled_dot_product_attention(_bhnd(q), _bhnd(k), _bhnd(v), attn_mask=mask)
+    return out[0].transpose(0, 1)
 
 
 def blocked_band(q, k, v, radius: int):
@@ -36,7 +91,7 @@ def blocked_band(q, k, v, radius: int):
     i = torch.arange(nb)[:, None, None] * b + torch.arange(b)[None, :, None]
     j = torch.arange(nb)[:, None, None] * b - b + torch.arange(3 * b)[None, None, :]
     ok = ((i - j).abs() <= radius) & (j >= 0) & (j < n)
-    s = s.masked_fill(~ok[:, None], float("-inf"))
+    s = s.masked_fill(~ok[:, None].to(s.device), float("-inf"))
     out = torch.matmul(torch.softmax(s, dim=-1), vw)  # [nb, H, b, D]
     return out.transpose(1, 2).reshape(nb * b, H, D)[:n]
 
@@ -69,25 +124,60 @@ def sparse_csr(q, k, v, crow, col):
     return torch.stack(outs, dim=1)
 
 
-def flex_band(n: int, radius: int):
-    """Compiled FlexAttention with a band BlockMask; returns (fn, blockmask_build_seconds)."""
-    import time
+_flex_compiled = None
 
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-    def band(b, h, qi, ki):
-        return (qi - ki).abs() <= radius
+def _compiled_flex():
+    global _flex_compiled
+    if _flex_compiled is None:
+        import torch._dynamo
+        from torch.nn.attention.flex_attention import flex_attention
 
-    t0 = time.perf_counter()
-    block_mask = create_block_mask(band, None, None, n, n, device="cpu")
-    build = time.perf_counter() - t0
-    compiled = torch.compile(flex_attention)
+        # One compile per shape: raise dynamo's recompile limit so no size falls back to eager.
+        for name in ("cache_size_limit", "recompile_limit", "accumulated_cache_size_limit",
+                     "accumulated_recompile_limit"):
+            if hasattr(torch._dynamo.config, name):
+                setattr(torch._dynamo.config, name, max(256, getattr(torch._dynamo.config, name)))
+        _flex_compiled = torch.compile(flex_attention, dynamic=False)
+    return _flex_compiled
 
-    def fn(q, k, v):
-        return compiled(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
-                        block_mask=block_mask)[0].transpose(0, 1)
 
-    return fn, build
+def band_block_mask(n: int, radius: int, device="cpu", block: int = 128):
+    """FlexAttention's BlockMask of the band, the way a FlexAttention user writes it (a
+    ``mask_mod``), its block lists built from the band's formula (``create_block_mask`` would
+    evaluate all n^2 cells)."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    nb = -(-n // block)
+    w = 2 * (-(-radius // block)) + 1  # key blocks a query block can touch
+    qb = torch.arange(nb, device=device)[:, None]
+    kb = qb - w // 2 + torch.arange(w, device=device)[None, :]
+    inside = (kb >= 0) & (kb < nb)
+    # Full block: the farthest pair is within the radius and the block lies inside [0, n).
+    far = torch.maximum((qb * block - (kb * block + block - 1)).abs(), (qb * block + block - 1 - kb * block).abs())
+    full = inside & (far <= radius) & ((qb + 1) * block <= n) & ((kb + 1) * block <= n)
+    partial = inside & ~full
+
+    def lists(sel):
+        counts = sel.sum(-1).to(torch.int32)
+        idx = torch.zeros(nb, max(nb, w), dtype=torch.int32, device=device)  # flex: >= one slot per key block
+        order = torch.sort((~sel).to(torch.int8), dim=-1, stable=True).indices
+        idx[:, :w] = torch.gather(kb.clamp(0, nb - 1), 1, order).to(torch.int32)
+        return counts[None, None], idx[None, None]
+
+    def band(b, h, q_idx, kv_idx):
+        return (q_idx - kv_idx).abs() <= radius
+
+    kn, ki = lists(partial)
+    fn, fi = lists(full)
+    return BlockMask.from_kv_blocks(kn, ki, fn, fi, BLOCK_SIZE=block, mask_mod=band, seq_lengths=(n, n))
+
+
+def flex_band(n: int, radius: int, device="cpu", block: int = 128):
+    """Compiled FlexAttention over :func:`band_block_mask`; returns ``fn(q, k, v)`` on ``[N, H, D]``."""
+    mask = band_block_mask(n, radius, device, block)
+    flex = _compiled_flex()
+    return lambda q, k, v: flex(_bhnd(q), _bhnd(k), _bhnd(v), block_mask=mask)[0].transpose(0, 1)
 
 
 def hf_longformer(n: int, H: int, D: int, radius: int):
@@ -126,3 +216,72 @@ def hf_bigbird(n: int, H: int, D: int, block: int = 64, random_blocks: int = 3, 
                      from_blocked_mask=blocked, to_blocked_mask=blocked)[0]
 
     return fn
+
+
+# ---------------------------------------------------------------------------------------------
+# The registry
+
+
+def _build_dense(graph, pattern, n, H, D, device):
+    if torch.device(device).type == "cuda":
+        # On a GPU the dense reference is flash attention over all n^2 pairs without a mask (a
+        # mask would cost n^2 bytes and take SDPA off its flash kernel): the dense speed bound.
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        def fn(q, k, v):
+            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                return dense_sdpa(q, k, v)
+        return fn
+    mask = graph.to_dense().to(device)
+    return lambda q, k, v: dense_sdpa(q, k, v, mask)
+
+
+def _build_flex(graph, pattern, n, H, D, device):
+    from graphattn.bench.cases import RADIUS
+
+    if pattern == "band":
+        return flex_band(n, RADIUS, device)
+    # Other patterns: FlexAttention over graphattn's plan-built BlockMask (the FLEX backend).
+    from graphattn.nn import graph_attention
+    from graphattn.nn.backends import use
+
+    def fn(q, k, v):
+        with use("flex"):
+            return graph_attention(q, k, v, graph)
+    return fn
+
+
+def _build_hf(make):
+    def build(graph, pattern, n, H, D, device):
+        layer = make(n, H, D)
+        # HF layers take hidden states [1, N, H * D] and project them; q's values serve as those.
+        return lambda q, k, v: layer(q.reshape(n, H * D))
+    return build
+
+
+def _cases():
+    from graphattn.bench import cases
+    return cases
+
+
+_ALL = ("band", "bigbird", "random")
+register(Peer("dense_sdpa", "scaled_dot_product_attention over all n^2 pairs (CPU: the graph as a bool mask; "
+                            "CUDA: flash attention without a mask)",
+              {"cpu": _ALL, "cuda": _ALL}, ("cpu", "cuda"), _build_dense))
+register(Peer("blocked", "plain-torch blocked sliding window (3r keys per query block, band mask)",
+              {"cpu": ("band",)}, ("cpu",),
+              lambda graph, pattern, n, H, D, device: (lambda q, k, v: blocked_band(q, k, v, _cases().RADIUS))))
+register(Peer("hf_longformer", "HF transformers' LongformerSelfAttention (projections included)",
+              {"cpu": ("band",)}, ("cpu",), _build_hf(lambda n, H, D: hf_longformer(n, H, D, _cases().RADIUS))))
+register(Peer("gather_scatter", "PyG TransformerConv's core: gather per edge, utils.softmax, scatter",
+              {"cpu": _ALL, "cuda": _ALL}, ("cpu", "cuda"),
+              lambda graph, pattern, n, H, D, device: (
+                  lambda q, k, v, ei=graph.edge_index.to(device): gather_scatter(q, k, v, ei))))
+register(Peer("sparse_csr", "torch.sparse CSR per head (sampled_addmm, segment softmax, spmm)",
+              {"cpu": ("random",)}, ("cpu",),
+              lambda graph, pattern, n, H, D, device: (
+                  lambda q, k, v, p=graph.query_ptr, c=graph.edge_index[0]: sparse_csr(q, k, v, p, c))))
+register(Peer("flex", "compiled FlexAttention (band: the native mask_mod; others: graphattn's BlockMask)",
+              {"cpu": ("band",), "cuda": _ALL}, ("cuda",), _build_flex))
+register(Peer("hf_bigbird", "HF transformers' BigBirdBlockSparseAttention (projections included)",
+              {"cpu": ("bigbird",)}, ("cpu",), _build_hf(lambda n, H, D: hf_bigbird(n, H, D, _cases().BLOCK))))

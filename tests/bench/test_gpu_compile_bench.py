@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from graphattn.bench import gpu, gpu_compile
+from graphattn.bench.cases import exact_cases
 from graphattn.bench.__main__ import main
 from graphattn.nn.triton import aot as triton_aot
 
@@ -14,8 +15,8 @@ WHY = triton_aot.unavailable_reason()
 def test_cases_cover_the_gpu_benchmark():
     cases = gpu_compile.cases(n=512)
     names = {c[0] for c in cases}
-    assert set(gpu._exact_cases(512)) <= names  # every exactness graph ...
-    assert {c[6] for c in cases if c[0] in gpu._exact_cases(512)} == {torch.float32, torch.bfloat16}  # ... both dtypes
+    assert set(exact_cases(512)) <= names  # every exactness graph ...
+    assert {c[6] for c in cases if c[0] in exact_cases(512)} == {torch.float32, torch.bfloat16}  # ... both dtypes
     timed = {(c[0], c[9]) for c in cases if c[0].startswith("bench")}
     assert timed == {("bench band", 64), ("bench band", 128), ("bench bigbird", 64), ("bench bigbird", 128),
                      ("bench random", 64)}
