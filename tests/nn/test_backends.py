@@ -143,3 +143,41 @@ def test_forced_flex_errors_name_the_reason():
     with use(Backend.TORCH), torch.no_grad():
         ref = graph_attention(q, k, v, g, tile=4)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", list(backends.registered()))
+def test_every_registered_backend_is_exact_or_says_why(name):
+    """Walks the registry: a new backend gets its output, lse and gradients checked against the
+    float64 dense reference on a graph with dense tiles, sparse edges and a keyless query, or it
+    must decline the call with a reason (a string), never run it wrongly."""
+    from graphattn.nn.reference import dense_attention, dense_mask
+
+    n, H, D = 40, 2, 8
+    g = rules.band(n, radius=3) | rules.random(n, num_random_keys=2, seed=1)
+    ei = g.edge_index[:, g.edge_index[1] != 5]  # query 5: no keys
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(n, H, D, generator=gen, requires_grad=True) for _ in range(3))
+    from graphattn.nn.plan import get_plan
+
+    plan = get_plan(ei, n, n, tile=16, dense_threshold=0.25)
+    why = backends.get(name).unavailable_reason(q, k, v, plan=plan, bias=None, dropout_p=0.0, needs_grad=True,
+                                                score_bound=8.0)
+    if why is not None:
+        assert isinstance(why, str) and why
+        with use(name), pytest.raises(RuntimeError, match="cannot run"):
+            graph_attention(q, k, v, ei, num_queries=n)
+        return
+    with use(name):
+        out, lse = graph_attention(q, k, v, ei, num_queries=n, return_lse=True)
+    ref_in = [t.detach().double().requires_grad_() for t in (q, k, v)]
+    mask = dense_mask(ei, n, n)
+    ref = dense_attention(*ref_in, mask)[0]
+    scores = torch.einsum("ihd,jhd->hij", ref_in[0], ref_in[1]) * D**-0.5
+    ref_lse = torch.logsumexp(scores.masked_fill(~mask, float("-inf")), dim=-1).t()  # [n, H]
+    go = torch.randn(out.shape, generator=gen, dtype=torch.float64)
+    grads = torch.autograd.grad((out.double() * go).sum() + lse[lse.isfinite()].double().sum(), (q, k, v))
+    ref_grads = torch.autograd.grad((ref * go).sum() + ref_lse[ref_lse.isfinite()].sum(), ref_in)
+    assert torch.allclose(out.double(), ref, atol=1e-5) and torch.equal(lse.isfinite(), ref_lse.isfinite())
+    assert torch.allclose(lse[lse.isfinite()].double(), ref_lse[ref_lse.isfinite()], atol=1e-5)
+    for got, want in zip(grads, ref_grads):
+        assert torch.allclose(got.double(), want, atol=1e-4)

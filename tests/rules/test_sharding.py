@@ -124,3 +124,12 @@ def test_random_sharding_property(data, n, seed):
     q = data.draw(query_range(n))
     whole = rules.random(n, num_random_keys=r, seed=seed)
     assert rules.random(n, num_random_keys=r, seed=seed, queries=q).equals(whole.query_slice(q.start, q.stop))
+
+
+def test_every_rule_taking_queries_has_a_case():
+    """A new rule with a ``queries=`` hook that no case above builds fails here."""
+    import inspect
+
+    takes = {name for name in rules.RULES if "queries" in inspect.signature(getattr(rules, name)).parameters}
+    built = {name for make, _, _ in RULES.values() for name in make.__code__.co_names if name in rules.RULES}
+    assert takes <= built, f"rules without a sharding case: {sorted(takes - built)}"
