@@ -120,20 +120,35 @@ def check_index_list(name: str, values, *, size: int, what: str = "index") -> to
     return uniq
 
 
-def check_edge_index(edge_index, num_nodes) -> tuple[torch.Tensor, int]:
-    """An integer ``[2, E]`` tensor with entries in ``[0, num_nodes)``: (as int64, num_nodes)."""
-    num_nodes = check_int("num_nodes", num_nodes, minimum=0)
+def check_edge_index(edge_index, num_nodes=None, *, num_keys=None, num_queries=None,
+                     device=None) -> tuple[torch.Tensor, int]:
+    """The one edge_index check: an integer ``[2, E]`` tensor (any integer dtype; returned as
+    int64) whose keys (row 0) lie in ``[0, num_keys)`` and queries (row 1) in ``[0,
+    num_queries)``, both ``num_nodes`` for a graph on one node set; on ``device`` when given.
+    Returns ``(edge_index as int64, num_nodes)`` (``num_nodes`` None for a bipartite check)."""
+    if num_nodes is not None:
+        num_nodes = check_int("num_nodes", num_nodes, minimum=0)
+        num_keys = num_queries = num_nodes
     if not isinstance(edge_index, torch.Tensor):
         raise TypeError(f"expected edge_index to be a torch.Tensor, got {type(edge_index).__name__}")
     if edge_index.dtype.is_floating_point or edge_index.dtype.is_complex or edge_index.dtype == torch.bool:
         raise TypeError(f"expected edge_index to hold integers, got dtype {edge_index.dtype}")
     if edge_index.dim() != 2 or edge_index.shape[0] != 2:
         raise ValueError(f"expected edge_index of shape [2, E], got {list(edge_index.shape)}")
+    if device is not None and edge_index.device != device:
+        raise ValueError(f"expected edge_index on {device} like q, got {edge_index.device}")
     edge_index = edge_index.to(torch.int64)
     if edge_index.numel():
-        lo, hi = int(edge_index.min()), int(edge_index.max())
-        if lo < 0 or hi >= num_nodes:
-            raise ValueError(f"expected edge_index entries in [0, num_nodes={num_nodes}), got {lo if lo < 0 else hi}")
+        if num_nodes is not None:
+            lo, hi = int(edge_index.min()), int(edge_index.max())
+            if lo < 0 or hi >= num_nodes:
+                raise ValueError(f"expected edge_index entries in [0, num_nodes={num_nodes}), "
+                                 f"got {lo if lo < 0 else hi}")
+        else:
+            for row, what, size in ((0, "keys", num_keys), (1, "queries", num_queries)):
+                lo, hi = int(edge_index[row].min()), int(edge_index[row].max())
+                if lo < 0 or hi >= size:
+                    raise ValueError(f"expected edge_index[{row}] ({what}) in [0, {size}), got values in [{lo}, {hi}]")
     return edge_index, num_nodes
 
 

@@ -10,7 +10,7 @@ import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
 from graphattn._memory import check_memory
-from graphattn._validate import check_float, check_int, renamed_parameters
+from graphattn._validate import check_edge_index, check_float, check_int, renamed_parameters
 from graphattn.graph import AttentionGraph
 from graphattn.nn import backends as _backends
 from graphattn.nn._engine import attention_weights, score_bound
@@ -81,19 +81,9 @@ def _version(t: torch.Tensor):
 
 def _check_edge_index(graph: torch.Tensor, nq: int, nk: int, device) -> _EdgeIndexEntry:
     """Check an edge_index against ``nq`` queries and ``nk`` keys; sortedness and repeats."""
-    if graph.dtype not in (torch.int64, torch.int32) or graph.dim() != 2 or graph.shape[0] != 2:
-        raise ValueError(f"expected edge_index as an int64 tensor of shape [2, E], got {graph.dtype} {list(graph.shape)}")
-    if graph.device != device:
-        raise ValueError(f"expected edge_index on {device} like q, got {graph.device}")
-    ei = graph.long()
+    ei, _ = check_edge_index(graph, num_keys=nk, num_queries=nq, device=device)
     sorted_edges, multi = True, None
     if ei.numel():
-        if int(ei[0].min()) < 0 or int(ei[0].max()) >= nk:
-            raise ValueError(f"expected edge_index[0] (keys) in [0, {nk}), got values in "
-                             f"[{int(ei[0].min())}, {int(ei[0].max())}]")
-        if int(ei[1].min()) < 0 or int(ei[1].max()) >= nq:
-            raise ValueError(f"expected edge_index[1] (queries) in [0, {nq}), got values in "
-                             f"[{int(ei[1].min())}, {int(ei[1].max())}]")
         code = ei[1] * nk + ei[0]
         if code.numel() > 1 and not bool((code[1:] > code[:-1]).all()):
             sorted_edges = False
