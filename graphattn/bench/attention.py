@@ -78,6 +78,8 @@ def run_cell(method: str, pattern: str, n: int, H: int, D: int, mode: str, repea
     backward = mode == "fwd+bwd"
     q, k, v = _inputs(n, H, D, backward)
     info: dict = {}
+    import torch_geometric  # noqa: F401  (its import, seconds in a fresh process, is not one-time work of a cell)
+
     g = pattern_graph(pattern, n)
     t0 = time.perf_counter()
     if method == "graphattn":

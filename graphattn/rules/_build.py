@@ -23,6 +23,8 @@ def check_edges(what: str, num_edges: int, bytes_per_edge: int | None = None) ->
 
 
 def token_types(num_nodes: int, device=None) -> torch.Tensor:
+    # A structured graph allocates nothing per edge, but its node types are one byte per node.
+    check_memory(f"the node types of {num_nodes:,} nodes", num_nodes, device)
     return torch.zeros(num_nodes, dtype=torch.int8, device=device)
 
 
