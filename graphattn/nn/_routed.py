@@ -1,28 +1,35 @@
 """Shared machinery of the content-based attention layers (LSH, routing). Internal.
 
-Content-based layers build one graph per (sample, head). Instead of a per-head layout (whose
-union of edges every head would walk), the heads are folded into the node axis: sample ``b`` and
-head ``h`` own the *slots* ``(b * H + h) * N + token``, and one single-head engine call runs over
-the block-diagonal graph of all ``B * H`` graphs, so the work is exactly the sum of their edges.
+A content-based layer attends within *groups* chosen by content: the chunks of an LSH round
+(tokens sorted by bucket), the clusters of a routing head. Each group's members are gathered
+into a contiguous run of *slots*, so the graph over the slots is the same block layout every
+forward: it is built once, its tiling plan is cached on it, and one engine call
+(:func:`graphattn.nn.functional.graph_attention`, heads, rounds and clusters folded into the rows)
+runs every group of every sample and head. Content only changes which token sits in which slot
+(a gather) and a per-edge ``-inf`` bias (causal masking, duplicates).
 
-The engine is fastest on dense tiles, and a content-based graph in token order is scattered.
-Attention is permutation-equivariant (relabelling queries and keys together with their rows
-leaves every output row unchanged), so the slots are laid out in an order given by the layer
-(tokens sorted by bucket or by cluster): there a bucket or cluster is a contiguous run of rows
-and its edges fill dense tiles. Queries and keys may use different orders (routing sorts queries
-by their own cluster and keys by theirs): the engine then sees a bipartite ``edge_index``.
+Several groups can hold the same (query, key) pair: LSH rounds, overlapping routing clusters.
+Every group is its own partial attention, returned with its log-sum-exp, and a token's partials
+are merged by the log-sum-exp rule (:func:`graphattn.nn.functional.merge_attention`, or
+:func:`merge_rows` when tokens have different numbers of partials). So that the result is the
+attention over the *union* graph (each key once), a pair is kept in the first group that holds
+it and masked in the later ones: Reformer's duplicate correction in exact form (Reformer
+subtracts ``log(count)`` from each copy's score; keeping one copy gives the same softmax).
+A token left without keys (no group, or every key masked) attends itself: its output is its own
+value, which :func:`attend_self_where_keyless` writes in after the merge.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 
-from graphattn.graph import AttentionGraph, EdgeLabel
 from graphattn.compose import stack_heads
-from graphattn.nn.functional import _trust_edge_index, graph_attention
+from graphattn.graph import AttentionGraph, EdgeLabel
 
-__all__ = ["check_input", "fold_heads", "slot_offsets", "add_lonely_self_loops", "routed_attention",
-           "per_head_graphs", "routed_output"]
+__all__ = ["check_input", "fold_heads", "unfold_heads", "block_layout", "cached_layout", "merge_rows",
+           "attend_self_where_keyless", "per_head_graphs", "routed_output"]
 
 
 def check_input(x, embed_dim: int) -> tuple[torch.Tensor, bool]:
@@ -42,61 +49,81 @@ def check_input(x, embed_dim: int) -> tuple[torch.Tensor, bool]:
 
 
 def fold_heads(t: torch.Tensor) -> torch.Tensor:
-    """``[B, N, H, D]`` -> ``[B * H * N, 1, D]`` (slot ``(b * H + h) * N + n``)."""
+    """``[B, N, H, D]`` -> ``[B * H * N, 1, D]``: token ``n`` of sample ``b``, head ``h`` is row
+    ``(b * H + h) * N + n`` (its *token slot*)."""
     B, N, H, D = t.shape
     return t.permute(0, 2, 1, 3).reshape(B * H * N, 1, D)
 
 
-def slot_offsets(B: int, H: int, N: int, device) -> torch.Tensor:
-    """First slot of each (sample, head): int64 ``[B, H]``."""
-    return torch.arange(B * H, device=device).view(B, H) * N
+def unfold_heads(t: torch.Tensor, B: int, N: int, H: int) -> torch.Tensor:
+    """The inverse of :func:`fold_heads`: ``[B * H * N, 1, D]`` -> ``[B, N, H, D]``."""
+    return t.view(B, H, N, t.shape[-1]).permute(0, 2, 1, 3)
 
 
-def add_lonely_self_loops(key: torch.Tensor, query: torch.Tensor, num_slots: int):
-    """Append the self-loop of every slot that is the query of no edge (so no row is empty)."""
-    has_key = torch.zeros(num_slots, dtype=torch.bool, device=query.device)
-    has_key[query] = True
-    lonely = torch.nonzero(~has_key).flatten()
-    return torch.cat([key, lonely]), torch.cat([query, lonely])
+def block_layout(num_blocks: int, block_rows: int, key: torch.Tensor, query: torch.Tensor) -> AttentionGraph:
+    """``num_blocks`` copies of one block's edges (``key``, ``query`` rows in ``[0, block_rows)``,
+    unique and sorted by (query, key)) on the diagonal: block ``b`` owns rows
+    ``[b * block_rows, (b + 1) * block_rows)``. Edge ``b * len(key) + e`` is copy ``b`` of edge
+    ``e``, so per-edge tensors of the layout are ``[num_blocks, len(key)]`` views."""
+    off = torch.arange(num_blocks, device=key.device)[:, None] * block_rows
+    edge_index = torch.stack([(key + off).reshape(-1), (query + off).reshape(-1)])
+    return AttentionGraph._trusted(edge_index, num_blocks * block_rows)
 
 
-def _rank(order: torch.Tensor) -> torch.Tensor:
-    rank = torch.empty_like(order)
-    rank[order] = torch.arange(order.numel(), device=order.device)
-    return rank
+# Block layouts by (kind, shape, device), least recently used last: layers of one model share
+# them (a layout and its plan cost a few bytes per edge, as any graph's do), and a few shapes stay.
+_LAYOUTS: "OrderedDict[tuple, AttentionGraph]" = OrderedDict()
+_MAX_LAYOUTS = 4
 
 
-def routed_attention(q, k, v, key_slot, query_slot, *, q_order=None, k_order=None, scale=None,
-                     dropout_p: float = 0.0, unique: bool = False) -> torch.Tensor:
-    """Softmax attention of ``q``, ``k``, ``v`` ``[B, N, H, D]`` over the slot edges
-    ``(key_slot, query_slot)``; returns ``[B, N, H, Dv]``.
+def cached_layout(key: tuple, build) -> AttentionGraph:
+    """The layout ``build()`` made for ``key`` (shapes and device), kept among the last few used;
+    the engine caches its tiling plan on it, so a training loop plans it once."""
+    graph = _LAYOUTS.pop(key, None)
+    if graph is None:
+        while len(_LAYOUTS) >= _MAX_LAYOUTS:
+            _LAYOUTS.popitem(last=False)
+        graph = build()
+    _LAYOUTS[key] = graph
+    return graph
 
-    ``q_order`` / ``k_order`` (permutations of the ``B * H * N`` slots) give the row order of the
-    engine call (position ``p`` holds slot ``order[p]``); None is slot order. Edges must be unique
-    unless ``unique=True``, which de-duplicates them (one sort, which also hands the engine its
-    edges sorted by (query, key)).
-    """
-    B, N, H, Dv = v.shape
-    qf, kf, vf = fold_heads(q), fold_heads(k), fold_heads(v)
-    q_rank = None if q_order is None else _rank(q_order)
-    k_rank = None if k_order is None else _rank(k_order)
-    if q_rank is not None:
-        qf, query_slot = qf[q_order], q_rank[query_slot]
-    if k_rank is not None:
-        kf, vf, key_slot = kf[k_order], vf[k_order], k_rank[key_slot]
-    S = B * H * N
-    code = torch.unique(query_slot * S + key_slot) if unique else torch.sort(query_slot * S + key_slot).values
-    edge_index = torch.stack([code % S, code // S])
-    if unique:  # unique, in range, sorted by (query, key) by construction: skip the engine's checks
-        _trust_edge_index(edge_index, S, S)
-    out = graph_attention(qf, kf, vf, edge_index, scale=scale, dropout_p=dropout_p)  # [S, 1, Dv]
-    if q_rank is not None:
-        out = out[q_rank]
-    return out.view(B, H, N, Dv).permute(0, 2, 1, 3)
+
+def merge_rows(outs: torch.Tensor, lses: torch.Tensor, index: torch.Tensor, size: int):
+    """The log-sum-exp rule of :func:`~graphattn.nn.functional.merge_attention` for partials given
+    as rows: row ``r`` of ``outs`` ``[R, H, Dv]`` / ``lses`` ``[R, H]`` is a partial attention of
+    target ``index[r]`` over a key set disjoint from the other partials of that target. Returns
+    ``(out [size, H, Dv], lse [size, H])``; a target without rows (or with only keyless ones) gets
+    zeros and ``-inf``. Differentiable in ``outs`` and ``lses``; NaN in a partial's ``lse``
+    makes its target's result NaN."""
+    H = lses.shape[1]
+    dtype = lses.dtype
+    idx = index[:, None].expand(-1, H)
+    top = torch.full((size, H), float("-inf"), dtype=dtype, device=lses.device)
+    top = top.scatter_reduce(0, idx, lses.detach(), "amax")
+    top = torch.where(torch.isinf(top), torch.zeros_like(top), top)
+    live = (lses > float("-inf")) | torch.isnan(lses)
+    # Keyless partials give exp(-inf) = 0; the double where keeps their gradient 0, not NaN.
+    e = torch.exp(torch.where(live, lses, torch.zeros_like(lses)) - top[index])
+    e = torch.where(live, e, torch.zeros_like(e))
+    total = torch.zeros(size, H, dtype=dtype, device=lses.device).index_add(0, index, e)
+    has = (total > 0) | torch.isnan(total)
+    safe = torch.where(has, total, torch.ones_like(total))
+    lse = torch.where(has, top + torch.log(safe), torch.full_like(total, float("-inf")))
+    w = (e / safe[index]).to(outs.dtype)
+    out = torch.zeros(size, H, outs.shape[-1], dtype=outs.dtype, device=outs.device)
+    return out.index_add(0, index, w[..., None] * outs), lse
+
+
+def attend_self_where_keyless(out: torch.Tensor, lse: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """A token whose merged attention has no key (``lse = -inf``) attends itself alone: its
+    output is its own value. ``out``, ``v`` ``[S, 1, D]`` in token-slot rows, ``lse`` ``[S, 1]``."""
+    keyless = (lse == float("-inf"))[..., None]
+    return torch.where(keyless, v.to(out.dtype), out)
 
 
 def per_head_graphs(key_slot, query_slot, B: int, H: int, N: int, label: EdgeLabel) -> list[AttentionGraph]:
-    """The per-head layout (``compose.stack_heads``) of every sample, in token coordinates."""
+    """The per-head layout (``compose.stack_heads``) of every sample from edges between token
+    slots (:func:`fold_heads` rows), in token coordinates. Repeated edges are merged."""
     sample_head = query_slot // N
     graphs = []
     for b in range(B):
@@ -110,15 +137,15 @@ def per_head_graphs(key_slot, query_slot, B: int, H: int, N: int, label: EdgeLab
     return graphs
 
 
-def routed_output(out_proj, out: torch.Tensor, key_slot, query_slot, batched: bool, return_graph: bool,
-                  label: EdgeLabel):
+def routed_output(out_proj, out: torch.Tensor, batched: bool, graph_edges, label: EdgeLabel):
     """A content-based layer's result: ``out_proj`` of ``out [B, N, H, D]`` (unbatched input:
-    no batch dim), with the per-head graphs of every sample when ``return_graph``."""
+    no batch dim), and, when ``graph_edges`` is a callable (asked for with ``return_graph``), the
+    per-head graphs of every sample built from the ``(key_slot, query_slot)`` it returns."""
     B, N, H, D = out.shape
     out = out_proj(out.reshape(B, N, H * D))
     if not batched:
         out = out[0]
-    if not return_graph:
+    if graph_edges is None:
         return out
-    graphs = per_head_graphs(key_slot, query_slot, B, H, N, label)
+    graphs = per_head_graphs(*graph_edges(), B, H, N, label)
     return out, (graphs if batched else graphs[0])

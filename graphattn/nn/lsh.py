@@ -9,12 +9,13 @@ from torch import nn
 
 from graphattn._random import seed_key
 from graphattn._validate import check_bool, check_float, check_heads, check_int
-from graphattn.graph import AttentionGraph, EdgeLabel
-from graphattn.nn._routed import (add_lonely_self_loops, check_input, fold_heads, routed_attention, routed_output)
+from graphattn.graph import EdgeLabel
+from graphattn.nn._routed import (attend_self_where_keyless, block_layout, cached_layout, check_input, fold_heads,
+                                  routed_output, unfold_heads)
 from graphattn.nn.attention import reset_projections
-from graphattn.nn.functional import graph_attention
+from graphattn.nn.functional import _trust_edge_index, graph_attention, merge_attention
 from graphattn.nn._replay import recorded
-from graphattn.rules.hashing import _chunked_edges, _exact_edges, lsh_buckets
+from graphattn.rules.hashing import lsh_buckets
 
 __all__ = ["LSHAttention"]
 
@@ -33,6 +34,25 @@ def head_seeds(seed, num_heads: int) -> torch.Tensor:
     generator or None; an int gives the same seeds every time)."""
     gen = torch.Generator().manual_seed(seed_key(seed))
     return torch.randint(0, _SEED_LIMIT, (num_heads,), generator=gen)
+
+
+def _chunk_window(N: int, chunk: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reformer's chunked graph over ``N`` rows in sorted order: row ``p`` attends the rows of
+    its chunk (``p // chunk``) and of the chunk before it (the first chunk looks back to the
+    last), itself excepted. Returns (key, query) rows, unique and sorted by (query, key)."""
+    num_chunks = -(-N // chunk)
+    p = torch.arange(N, device=device)
+    own = p // chunk
+    prev = torch.remainder(own - 1, num_chunks)
+    offsets = torch.arange(chunk, device=device)
+    cand = torch.cat([prev[:, None] * chunk + offsets, own[:, None] * chunk + offsets], dim=1)  # [N, 2 chunk]
+    if num_chunks == 1:  # the previous chunk is the chunk itself
+        cand = cand[:, chunk:]
+    valid = (cand < N) & (cand != p[:, None])
+    cand = torch.where(valid, cand, torch.full_like(cand, N)).sort(dim=1).values  # first chunk: its own, then the last
+    query = p[:, None].expand_as(cand)
+    keep = cand < N
+    return cand[keep], query[keep]
 
 
 class LSHAttention(nn.Module):
@@ -71,13 +91,19 @@ class LSHAttention(nn.Module):
     :class:`~graphattn.nn.ReversibleSequence` the buckets of the forward are recorded and reused
     by the backward's recomputation.
 
-    Computation: the ``B * H`` graphs run in one exact engine call
-    (:func:`graphattn.nn.functional.graph_attention`, heads folded into the rows) with tokens in
-    (bucket, position) order of the first hash round, where buckets and chunks are contiguous
-    runs of rows and fill dense tiles. With ``chunk`` and one round the graph in that order is
-    the same every forward (chunk and previous chunk), so its tiling plan is built once and
-    cached; causal masking is then a per-forward ``-inf`` bias on it. Other settings (exact
-    buckets, several rounds) build the edge list and the plan every forward.
+    Computation: every hash round is its own attention, and the rounds are merged by the
+    log-sum-exp rule (:func:`graphattn.nn.functional.merge_attention`). A pair that several
+    rounds hold is attended in the first of them only (a ``-inf`` bias, or the edge left out, in
+    the later ones): Reformer's duplicate correction in exact form, so the result is exactly the
+    attention over the union graph above. Tokens are laid out in (bucket, position) order of
+    each round, where buckets and chunks are contiguous runs of rows. With ``chunk`` the graph
+    in that order is the same every forward (chunk and previous chunk), for every sample, head
+    and round: one layout, built once per shape (shared by the layers of a model) with its
+    tiling plan cached, and one engine call (:func:`graphattn.nn.functional.graph_attention`
+    with ``return_lse=True``, heads and rounds folded into the rows) per forward; causal masking
+    and duplicates are a per-forward ``-inf`` bias on it. Exact buckets (``chunk=None``) have
+    sizes that change every forward, so their edge list and plan are built every forward (one
+    for all rounds). Work: ``num_hashes * N * (2 chunk - 1)`` scores per head with ``chunk``.
 
     Args:
         embed_dim: model width ``E`` (= ``num_heads * head_dim``).
@@ -124,7 +150,6 @@ class LSHAttention(nn.Module):
         # Evaluation (and, with a seed, training) rotations: persistent, so a saved model hashes
         # the same way after loading.
         self.register_buffer("hash_seeds", head_seeds(seed, self.num_heads))
-        self._layout_key, self._layout = None, None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -143,83 +168,139 @@ class LSHAttention(nn.Module):
                                 num_hashes=self.num_hashes, seed=seeds[h]).view(-1, B, N) for h in range(H)]
         return torch.stack(per_head).permute(2, 0, 1, 3)
 
-    def _graph_edges(self, buckets: torch.Tensor):
-        """Slot edges of every (sample, head) graph, the graph of :func:`rules.lsh` (exact or
-        chunked, no self-loop unless it is a query's only key; causal filtered), and the engine's
-        row order. Edges may repeat across hash rounds. Returns (key_slot, query_slot, order)."""
+    def _sorted_rows(self, buckets: torch.Tensor):
+        """Rows of the engine call for ``buckets`` ``[B, H, R, N]``: round ``r`` of sample ``b``,
+        head ``h`` owns rows ``((b * H + h) * R + r) * N + p``, tokens in (bucket, position)
+        order. Returns ``tokens`` ``[B * H, R, N]`` (the token at each row) and ``rank``
+        ``[B * H, R, N]`` (the row of each token within its round)."""
         B, H, R, N = buckets.shape
         device = buckets.device
-        cpu = buckets.cpu()
-        keys, queries = [], []
-        for b in range(B):
-            for h in range(H):
-                offset = (b * H + h) * N
-                for r in range(R):  # the edge builders of rules.lsh, round by round
-                    key, query = (_exact_edges(cpu[b, h, r], self.num_buckets) if self.chunk is None
-                                  else _chunked_edges(cpu[b, h, r], self.num_buckets, self.chunk))
-                    other = key != query
-                    keys.append(key[other] + offset)
-                    queries.append(query[other] + offset)
-        key, query = torch.cat(keys).to(device), torch.cat(queries).to(device)
-        key, query = add_lonely_self_loops(key, query, B * H * N)  # rules.lsh: only key -> itself
-        if self.causal:
-            keep = key <= query
-            key, query = add_lonely_self_loops(key[keep], query[keep], B * H * N)
-        # Row order: (sample, head, bucket of the first round, position); a bucket is a run of rows.
-        bh = torch.arange(B * H, device=device).view(B, H, 1)
-        code = (bh * self.num_buckets + buckets[:, :, 0]) * N + torch.arange(N, device=device)
-        return key, query, torch.sort(code.reshape(-1)).indices
+        block = torch.arange(B * H * R, device=device).view(B, H, R, 1)
+        code = (block * self.num_buckets + buckets) * N + torch.arange(N, device=device)
+        tokens = (torch.sort(code.reshape(-1)).indices % N).view(B * H, R, N)
+        rank = torch.empty_like(tokens).scatter_(2, tokens, torch.arange(N, device=device).expand_as(tokens))
+        return tokens, rank
 
-    def _chunk_layout(self, BH: int, N: int, device) -> AttentionGraph:
-        """The chunked graph in sorted coordinates, which is the same every forward: ``BH``
-        blocks of ``N`` rows, row ``p`` attending the rows of its chunk and of the chunk before
-        it (wrap-around). Non-causal with ``N >= 2`` every row has another key there, so the
-        layout is exactly Reformer's graph and leaves out the diagonal; otherwise it keeps the
-        diagonal and a per-forward bias trims it. Cached (with its tiling plan) for the last
-        shape, so the engine plans it once."""
-        with_self = self.causal or N == 1
-        key = (BH, N, str(device), with_self)
-        if self._layout_key != key:
-            k, q = _chunked_edges(torch.zeros(N, dtype=torch.int64), 1, self.chunk)  # order = identity
-            if not with_self:
-                k, q = k[k != q], q[k != q]
-            off = torch.arange(BH)[:, None] * N
-            ei = torch.stack([(k + off).reshape(-1), (q + off).reshape(-1)])
-            self._layout = AttentionGraph.from_edge_index(ei, BH * N).to(device)
-            self._layout_key = key
-        return self._layout
+    def _chunk_bias(self, tokens: torch.Tensor, rank: torch.Tensor, key_row: torch.Tensor, query_row: torch.Tensor):
+        """bool ``[B * H, R, E]`` over the edges (``key_row``, ``query_row`` within a block) of
+        the chunk layout: True where round ``r``'s pair is masked, being a later key under
+        ``causal`` or held by an earlier round too. None when nothing is masked."""
+        G, R, N = tokens.shape
+        c = self.chunk
+        num_chunks = -(-N // c)
+        small = torch.int32 if N < 2**31 else torch.int64
+        rounds = []
+        for r in range(R):
+            mask = None
+            if self.causal:
+                t = tokens[:, r].to(small)
+                mask = t[:, key_row] > t[:, query_row]
+            if r:
+                # chunk, in each earlier round, of the token at each row of round r
+                earlier = torch.gather(rank[:, :r], 2, tokens[:, r:r + 1].expand(G, r, N)).div_(c, rounding_mode="floor")
+                earlier = earlier.to(small)
+                for e in range(r):
+                    gap = torch.remainder(earlier[:, e][:, query_row] - earlier[:, e][:, key_row], num_chunks)
+                    held = gap <= 1  # the key's chunk is the query's or the one before it (cyclic)
+                    mask = held if mask is None else mask.logical_or_(held)
+            rounds.append(mask)
+        if all(m is None for m in rounds):
+            return None
+        return torch.stack([torch.zeros(G, key_row.numel(), dtype=torch.bool, device=tokens.device)
+                            if m is None else m for m in rounds], dim=1)
 
-    def _sorted_chunks(self, q, k, v, buckets, dropout_p: float, want_edges: bool):
-        """One hash round, chunked: attention over the cached layout in (bucket, position) order.
-        Non-causal, the layout is Reformer's graph itself. Causal, a per-forward ``-inf`` bias
-        removes later tokens and a token itself unless it has no other key.
-        Returns (out [B, N, H, D], key_slot, query_slot of the edges used, or None, None unless
-        ``want_edges``)."""
+    def _chunk_attention(self, q, k, v, buckets, dropout_p: float, want_edges: bool):
+        """Chunked rounds on the cached layout, merged. Returns ``out [B, N, H, D]`` and, when
+        ``want_edges``, a function giving the union graph's (key, query) token-slot edges."""
         B, N, H, D = q.shape
-        S = B * H * N
-        device = q.device
-        bh = torch.arange(B * H, device=device).view(B, H, 1)
-        order = torch.sort(((bh * self.num_buckets + buckets[:, :, 0]) * N
-                            + torch.arange(N, device=device)).reshape(-1)).indices  # row -> slot
-        layout = self._chunk_layout(B * H, N, device)
-        kr, qr = layout.edge_index
-        ks = qs = bias = None
-        if self.causal or want_edges:
-            ks, qs = order[kr], order[qr]  # slots of one (sample, head) block: compare as tokens
-        if self.causal:
-            allowed = ks < qs
-            has_other = torch.zeros(S, dtype=torch.bool, device=device)
-            has_other[qr[allowed]] = True
-            keep = allowed | ((kr == qr) & ~has_other[qr])
+        R = self.num_hashes
+        G = B * H
+        tokens, rank = self._sorted_rows(buckets)
+        layout = cached_layout(("lsh-chunks", G * R, N, self.chunk, str(q.device)),
+                               lambda: block_layout(G * R, N, *_chunk_window(N, self.chunk, q.device)))
+        per_block = layout.edge_index.shape[1] // (G * R)
+        key_row, query_row = layout.edge_index[:, :per_block]  # block 0's edges: rows within a block
+        mask = self._chunk_bias(tokens, rank, key_row, query_row)  # [G, R, E]
+        bias = None
+        if mask is not None:
             acc = torch.float64 if q.dtype == torch.float64 else torch.float32
-            bias = torch.zeros(kr.numel(), 1, dtype=acc, device=device).masked_fill_(~keep[:, None], float("-inf"))
-            ks, qs = (ks[keep], qs[keep]) if want_edges else (None, None)
-        qf, kf, vf = fold_heads(q)[order], fold_heads(k)[order], fold_heads(v)[order]
-        out = graph_attention(qf, kf, vf, layout, bias=bias, scale=1.0, dropout_p=dropout_p)
-        rank = torch.empty_like(order)
-        rank[order] = torch.arange(S, device=device)
-        out = out[rank].view(B, H, N, D).permute(0, 2, 1, 3)
-        return out, ks, qs
+            bias = torch.zeros(mask.numel(), 1, dtype=acc, device=q.device).masked_fill_(mask.view(-1, 1), float("-inf"))
+        slot = (tokens + (torch.arange(G, device=q.device) * N).view(G, 1, 1)).view(-1)  # token slot of each row
+        out, lse = self._merged_rounds(q, k, v, slot, layout, bias, rank, dropout_p)
+        if not want_edges:
+            return out, None
+
+        def edges():
+            block_slot = slot.view(G * R, N)
+            keep = torch.ones(G * R, key_row.numel(), dtype=torch.bool, device=q.device) if mask is None \
+                else ~mask.view(G * R, -1)
+            key, query = block_slot[:, key_row][keep], block_slot[:, query_row][keep]
+            alone = torch.nonzero(lse.view(-1) == float("-inf")).flatten()
+            return torch.cat([key, alone]), torch.cat([query, alone])
+
+        return out, edges
+
+    def _bucket_attention(self, q, k, v, buckets, dropout_p: float, want_edges: bool):
+        """Exact buckets: per round, every pair of a bucket (a run of rows) except the token
+        itself, later keys dropped under ``causal`` and pairs held by an earlier round dropped;
+        one edge list and plan for all rounds, merged. Returns like :meth:`_chunk_attention`."""
+        B, N, H, D = q.shape
+        R = self.num_hashes
+        G = B * H
+        device = q.device
+        tokens, rank = self._sorted_rows(buckets)
+        rows = G * R * N
+        bucket = buckets.reshape(G, R, N)
+        # bucket id (with its block) of each row, to find the runs
+        block_bucket = torch.gather(bucket, 2, tokens) + torch.arange(G * R, device=device).view(G, R, 1) * self.num_buckets
+        _, size = torch.unique_consecutive(block_bucket.view(-1), return_counts=True)
+        run_start = torch.cumsum(size, 0) - size
+        per_row = size.repeat_interleave(size)  # each row's run size
+        start = run_start.repeat_interleave(size)
+        num_pairs = int(per_row.sum())
+        query = torch.arange(rows, device=device).repeat_interleave(per_row, output_size=num_pairs)
+        first = torch.cumsum(per_row, 0) - per_row
+        key = start[query] + torch.arange(num_pairs, device=device) - first[query]
+        keep = key != query
+        flat_tokens = tokens.reshape(-1)
+        if self.causal:
+            keep &= flat_tokens[key] < flat_tokens[query]
+        if R > 1:
+            round_of = (query // N) % R
+            # bucket, in each round, of the token at each row
+            bucket_at = torch.gather(bucket, 2, tokens.view(G, 1, R * N).expand(G, R, R * N))  # [G, R', R*N]
+            for e in range(R - 1):
+                b_e = bucket_at[:, e].reshape(-1)
+                keep &= ~((round_of > e) & (b_e[key] == b_e[query]))
+        edge_index = torch.stack([key[keep], query[keep]])  # sorted by (query, key), unique
+        _trust_edge_index(edge_index, rows, rows)
+        slot = (tokens + (torch.arange(G, device=device) * N).view(G, 1, 1)).view(-1)
+        out, lse = self._merged_rounds(q, k, v, slot, edge_index, None, rank, dropout_p)
+        if not want_edges:
+            return out, None
+
+        def edges():
+            alone = torch.nonzero(lse.view(-1) == float("-inf")).flatten()
+            return torch.cat([slot[edge_index[0]], alone]), torch.cat([slot[edge_index[1]], alone])
+
+        return out, edges
+
+    def _merged_rounds(self, q, k, v, slot, graph, bias, rank, dropout_p: float):
+        """One engine call over the rows (``slot``: the token slot of each row), the rounds
+        merged per token; a token without keys attends itself. Returns (``out [B, N, H, D]``,
+        ``lse [B * H * N, 1]``)."""
+        B, N, H, D = q.shape
+        G, R = B * H, self.num_hashes
+        qf, kf, vf = fold_heads(q), fold_heads(k), fold_heads(v)
+        out, lse = graph_attention(qf[slot], kf[slot], vf[slot], graph, bias=bias, scale=1.0,
+                                   dropout_p=dropout_p, return_lse=True)
+        # Back to token slots, one part per round: the row of token t in round r.
+        row = (rank + (torch.arange(G * R, device=q.device) * N).view(G, R, 1)).transpose(0, 1).reshape(R, G * N)
+        if R == 1:
+            out, lse = out[row[0]], lse[row[0]]
+        else:
+            out, lse = merge_attention([out[row[r]] for r in range(R)], [lse[row[r]] for r in range(R)])
+        return unfold_heads(attend_self_where_keyless(out, lse, vf), B, N, H), lse
 
     def forward(self, x: torch.Tensor, *, return_graph: bool = False):
         x, batched = check_input(x, self.embed_dim)
@@ -231,13 +312,9 @@ class LSHAttention(nn.Module):
         seeds = self._seeds()  # outside recorded(): a replay draws from the RNG exactly as the forward
         buckets = recorded(lambda: self._buckets(q.detach(), seeds))
         dropout_p = self.dropout if self.training else 0.0
-        if self.chunk is not None and self.num_hashes == 1:
-            out, key, query = self._sorted_chunks(q, k, v, buckets, dropout_p, return_graph)
-        else:
-            key, query, order = self._graph_edges(buckets)
-            out = routed_attention(q, k, v, key, query, q_order=order, k_order=order, scale=1.0,
-                                   dropout_p=dropout_p, unique=True)
-        return routed_output(self.out_proj, out, key, query, batched, return_graph, EdgeLabel.BUCKET)
+        attend = self._bucket_attention if self.chunk is None else self._chunk_attention
+        out, edges = attend(q, k, v, buckets, dropout_p, return_graph)
+        return routed_output(self.out_proj, out, batched, edges, EdgeLabel.BUCKET)
 
     def extra_repr(self) -> str:
         return (f"{self.embed_dim}, num_heads={self.num_heads}, num_buckets={self.num_buckets}, "

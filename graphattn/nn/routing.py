@@ -8,9 +8,10 @@ import torch
 from torch import nn
 
 from graphattn._validate import check_bool, check_float, check_heads, check_int, renamed_parameters
-from graphattn.graph import EdgeLabel
-from graphattn.nn._routed import (add_lonely_self_loops, check_input, routed_attention,
-                                  routed_output, slot_offsets)
+from graphattn.graph import AttentionGraph, EdgeLabel
+from graphattn.nn._routed import (attend_self_where_keyless, block_layout, cached_layout, check_input,
+                                  fold_heads, merge_rows, routed_output, unfold_heads)
+from graphattn.nn.functional import graph_attention
 from graphattn.nn.attention import reset_projections
 from graphattn.nn._replay import recorded
 from graphattn.nn.lsh import _check_seed, head_seeds
@@ -19,19 +20,16 @@ from graphattn.rules.clustering import spherical_kmeans
 __all__ = ["RoutingAttention"]
 
 _EPS = 1e-12
+_SIM_CELLS = 1 << 24  # similarities per chunk of centroids (64 MiB in fp32)
 
 
 def _unit(t: torch.Tensor) -> torch.Tensor:
     return nn.functional.normalize(t, dim=-1, eps=_EPS)
 
 
-def _top_members(sim: torch.Tensor, w: int) -> torch.Tensor:
-    """Per row of ``sim`` ``[..., N]``, the positions of its ``w`` largest values, ties to the
-    lower position (the set a stable descending sort would put first), as ``[..., w]`` in
-    increasing position order. A selection (``topk`` for the threshold, then the lowest-position
-    ties), not a sort of every row."""
-    if w == sim.shape[-1]:
-        return torch.arange(w, device=sim.device).expand(*sim.shape[:-1], w)
+def _top_members_with_ties(sim: torch.Tensor, w: int) -> torch.Tensor:
+    """``_top_members`` for rows whose ``w``-th largest value is tied past the cut: the values
+    above the ``w``-th largest, then its ties by lowest position (one pass over the rows)."""
     t = sim.topk(w, dim=-1).values[..., -1:]  # the w-th largest value of each row
     above = sim > t
     tied = sim == t
@@ -39,6 +37,96 @@ def _top_members(sim: torch.Tensor, w: int) -> torch.Tensor:
     chosen = above | (tied & (torch.cumsum(tied, dim=-1) <= need))
     # exactly w per row: nonzero lists them row by row, positions increasing
     return torch.nonzero(chosen)[:, -1].view(*sim.shape[:-1], w)
+
+
+def _top_members(sim: torch.Tensor, w: int) -> torch.Tensor:
+    """Per row of ``sim`` ``[..., N]``, the positions of its ``w`` largest values, ties to the
+    lower position (the set a stable descending sort would put first), as ``[..., w]`` in
+    increasing position order. One ``topk`` of ``w + 1`` per row, no sort of the rows: the
+    ``w + 1``-th value tells whether the ``w`` chosen are the only possible set; the rows where a
+    tie crosses the cut (equal similarities, e.g. repeated tokens) are redone tie-exactly."""
+    N = sim.shape[-1]
+    if w == N:
+        return torch.arange(w, device=sim.device).expand(*sim.shape[:-1], w)
+    vals, idx = sim.topk(w + 1, dim=-1)  # descending
+    members = idx[..., :w]
+    crossing = vals[..., w - 1] == vals[..., w]
+    if bool(crossing.any()):
+        members = members.clone()
+        members[crossing] = _top_members_with_ties(sim[crossing], w)
+    return members.sort(dim=-1).values
+
+
+def _earlier_memberships(members: torch.Tensor):
+    """For ``members`` ``[K, w]`` (the tokens of ``K`` clusters; a token at most once per
+    cluster), every pair (slot, earlier cluster): slot ``s`` (flat into ``[K * w]``) holds a token
+    that cluster ``c' < s // w`` holds too. Returns ``(slot, c')``, ``sum_t m_t (m_t - 1) / 2``
+    pairs for a token in ``m_t`` clusters: no cluster x cluster product."""
+    K, w = members.shape
+    device = members.device
+    cluster = torch.arange(K, device=device).repeat_interleave(w)
+    token = members.reshape(-1)
+    order = torch.sort(token * K + cluster).indices  # slots by (token, cluster)
+    t = token[order]
+    pos = torch.arange(t.numel(), device=device)
+    first = torch.ones_like(t, dtype=torch.bool)
+    first[1:] = t[1:] != t[:-1]
+    run_start = torch.cummax(torch.where(first, pos, torch.zeros_like(pos)), 0).values
+    rank = pos - run_start  # earlier clusters of the slot at this sorted position
+    total = int(rank.sum())
+    later = order.repeat_interleave(rank, output_size=total)
+    offset = torch.arange(total, device=device) - (torch.cumsum(rank, 0) - rank).repeat_interleave(rank, output_size=total)
+    earlier = order[run_start.repeat_interleave(rank, output_size=total) + offset]
+    return later, cluster[earlier]
+
+
+def _bits(slot: torch.Tensor, bit: torch.Tensor, num_slots: int, words: int) -> torch.Tensor:
+    """``[num_slots, words]`` int64 bitsets with bit ``bit[e]`` set in row ``slot[e]`` (pairs unique)."""
+    out = torch.zeros(num_slots * words, dtype=torch.int64, device=slot.device)
+    value = torch.bitwise_left_shift(torch.ones_like(bit), bit % 64)
+    return out.index_add_(0, slot * words + bit // 64, value).view(num_slots, words)  # distinct bits: + is |
+
+
+def _duplicate_mask(q_members: torch.Tensor, k_members: torch.Tensor) -> torch.Tensor | None:
+    """bool ``[K, w, w]``: query slot ``p`` and key slot ``s`` of cluster ``c`` form a pair that
+    an earlier cluster ``c' < c`` holds too (its query set holds the query token and its key set
+    the key token), so cluster ``c`` leaves it out and every pair of the union graph is attended
+    once. None when no pair repeats.
+
+    Per cluster ``c``, the earlier clusters that share a query with it are numbered (bit
+    positions); each query slot gets the bitset of its token's earlier clusters, each key slot
+    the bitset of its token's earlier key clusters among them, and a pair repeats exactly when
+    the two bitsets meet. Cost: the token memberships (``sum m^2``) and one AND per pair."""
+    K, w = q_members.shape
+    q_slot, q_earlier = _earlier_memberships(q_members)
+    if q_slot.numel() == 0:  # no query in two clusters
+        return None
+    k_slot, k_earlier = _earlier_memberships(k_members)
+    if k_slot.numel() == 0:
+        return None
+    uniq, inv = torch.unique((q_slot // w) * K + q_earlier, return_inverse=True)  # (cluster, earlier) pairs
+    owner = uniq // K
+    bit_of = torch.arange(uniq.numel(), device=uniq.device) - torch.searchsorted(owner, owner)
+    code = (k_slot // w) * K + k_earlier
+    at = torch.searchsorted(uniq, code).clamp_max(uniq.numel() - 1)
+    shared = uniq[at] == code  # key memberships among the cluster's numbered earlier clusters
+    if not bool(shared.any()):
+        return None
+    words = int(bit_of.max()) // 64 + 1
+    qb = _bits(q_slot, bit_of[inv], K * w, words).view(K, w, words)
+    kb = _bits(k_slot[shared], bit_of[at[shared]], K * w, words).view(K, w, words)
+    mask = None
+    for word in range(words):  # one word unless a cluster shares queries with over 64 earlier ones
+        meet = torch.bitwise_and(qb[:, :, None, word], kb[:, None, :, word]) != 0
+        mask = meet if mask is None else mask.logical_or_(meet)
+    return mask
+
+
+def _cluster_layout(num_clusters: int, w: int, device) -> AttentionGraph:
+    """``num_clusters`` dense ``w x w`` blocks: edge ``(c * w + p) * w + s`` joins query row
+    ``c * w + p`` to key row ``c * w + s``."""
+    rows = torch.arange(w, device=device)
+    return block_layout(num_clusters, w, rows.repeat(w), rows.repeat_interleave(w))
 
 
 class RoutingAttention(nn.Module):
@@ -81,9 +169,20 @@ class RoutingAttention(nn.Module):
     :class:`~graphattn.nn.ReversibleSequence` the forward runs without autograd, so the loss
     carries no gradient there.)
 
-    Computation: the ``B * H`` routing graphs run in one exact engine call, queries laid out by
-    their nearest centroid and keys by theirs, so a cluster's edges fill dense tiles. Edges:
-    ``C * cluster_size**2`` candidate pairs per head (about ``N**2 / C`` at the default cluster size).
+    Computation, on one plan: the members of every cluster are gathered into a run of
+    ``cluster_size`` query rows and one of ``cluster_size`` key rows, so the graph over those
+    rows is the same every forward (``B * H * C`` dense ``cluster_size x cluster_size`` blocks):
+    it is built once per shape (shared by the layers of a model) and its tiling plan is cached.
+    One exact engine call (:func:`graphattn.nn.functional.graph_attention` with
+    ``return_lse=True``) attends every cluster of every sample and head; the clusters of a query
+    are merged by the log-sum-exp rule. A (query, key) pair that several of a query's clusters
+    hold is attended in the first of them only (a ``-inf`` bias masks it in the others, and
+    masks later keys under ``causal``), so the result is exactly the attention over the union
+    graph above.
+    Routing: one ``topk`` per centroid over the similarities (computed in chunks of centroids),
+    no sort of the tokens. Work: ``B * H * C * cluster_size**2`` scores (about
+    ``N * cluster_size`` per head at the default cluster size, ``N**2 / C``) and
+    ``B * H * C * N`` similarities.
 
     Args:
         embed_dim: model width ``E`` (= ``num_heads * head_dim``).
@@ -174,35 +273,65 @@ class RoutingAttention(nn.Module):
     def _route(self, qn: torch.Tensor, kn: torch.Tensor, cent: torch.Tensor):
         """Routing decisions of unit ``qn``, ``kn`` ``[B, N, H, D]`` against ``cent`` ``[H, C, D]``:
         the balanced sets ``q_sets``, ``k_sets`` ``[B, H, C, w]`` (per cluster the ``w`` most
-        similar queries / keys, ties to the lower position) and the nearest centroids
-        ``q_assign``, ``k_assign`` ``[B, H, N]``."""
-        N = qn.shape[1]
-        w = min(self.cluster_size if self.cluster_size is not None else -(-N // self.num_clusters), N)
-        sim_q = torch.einsum("bnhd,hcd->bhcn", qn, cent)  # [B, H, C, N]
-        sim_k = torch.einsum("bnhd,hcd->bhcn", kn, cent)
-        return _top_members(sim_q, w), _top_members(sim_k, w), sim_q.argmax(2), sim_k.argmax(2)
+        similar queries / keys, ties to the lower position, in increasing position) and the
+        nearest centroids ``q_assign``, ``k_assign`` ``[B, H, N]`` (ties to the lower id).
+        Similarities ``[B, H, C, N]`` are computed a chunk of centroids at a time."""
+        B, N, H, D = qn.shape
+        C = self.num_clusters
+        w = min(self.cluster_size if self.cluster_size is not None else -(-N // C), N)
+        step = max(1, _SIM_CELLS // (B * H * N))
+        found = []
+        for points in (qn, kn):
+            pts = points.permute(0, 2, 3, 1).contiguous()  # [B, H, D, N]
+            sets, best, assign = [], None, None
+            for c0 in range(0, C, step):
+                sim = torch.matmul(cent[:, c0:c0 + step], pts)  # [B, H, c, N]
+                sets.append(_top_members(sim, w))
+                top, arg = sim.max(dim=2)  # first maximum: ties to the lower id
+                if best is None:
+                    best, assign = top, arg
+                else:  # strictly better only, so ties keep the lower id
+                    better = top > best
+                    best, assign = torch.where(better, top, best), torch.where(better, arg + c0, assign)
+            found += [torch.cat(sets, dim=2), assign]
+        q_sets, q_assign, k_sets, k_assign = found
+        return q_sets, k_sets, q_assign, k_assign
 
-    def _graph_edges(self, q_sets, k_sets, q_assign, k_assign, N: int):
-        """Slot edges of every (sample, head) routing graph (pairs may repeat across clusters)
-        and the engine row orders: (key, query, q_order, k_order)."""
-        B, H, C, w = q_sets.shape
-        device = q_sets.device
-        query = q_sets[..., :, None].expand(B, H, C, w, w)
-        key = k_sets[..., None, :].expand(B, H, C, w, w)
-        off = slot_offsets(B, H, N, device)[:, :, None, None, None]
+    def _cluster_attention(self, q, k, v, q_sets, k_sets, dropout_p: float, want_edges: bool):
+        """Attention of ``q``, ``k``, ``v`` ``[B, N, H, D]`` over the routing graph of the sets
+        ``[B, H, C, w]``: every cluster a dense block of the cached layout, the clusters of a
+        token merged. Returns ``out [B, N, H, D]`` and, when ``want_edges``, a function giving the
+        graph's (key, query) token-slot edges."""
+        B, N, H, D = q.shape
+        _, _, C, w = q_sets.shape
+        K = B * H * C
+        tok = (torch.arange(B * H, device=q.device) * N).view(B, H, 1, 1)
+        q_tok, k_tok = (q_sets + tok).view(K, w), (k_sets + tok).view(K, w)  # token slots
+        mask = _duplicate_mask(q_tok, k_tok)
         if self.causal:
-            keep = key <= query
-            off = off.expand(B, H, C, w, w)[keep]
-            key, query = key[keep] + off, query[keep] + off
-        else:
-            key, query = (key + off).reshape(-1), (query + off).reshape(-1)
-        key, query = add_lonely_self_loops(key, query, B * H * N)
-        # Row orders: tokens by (sample, head, nearest centroid, position).
-        bh = torch.arange(B * H, device=device).view(B, H, 1)
-        pos = torch.arange(N, device=device)
-        q_order = torch.sort(((bh * C + q_assign) * N + pos).reshape(-1)).indices
-        k_order = torch.sort(((bh * C + k_assign) * N + pos).reshape(-1)).indices
-        return key, query, q_order, k_order
+            later = q_sets.view(K, w, 1) < k_sets.view(K, 1, w)
+            mask = later if mask is None else mask.logical_or_(later)
+        bias = None
+        if mask is not None:
+            acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+            bias = torch.zeros(K * w * w, 1, dtype=acc, device=q.device).masked_fill_(mask.view(-1, 1), float("-inf"))
+        layout = cached_layout(("routing", K, w, str(q.device)), lambda: _cluster_layout(K, w, q.device))
+        qf, kf, vf = fold_heads(q), fold_heads(k), fold_heads(v)
+        out, lse = graph_attention(qf[q_tok.view(-1)], kf[k_tok.view(-1)], vf[k_tok.view(-1)], layout, bias=bias,
+                                   scale=1.0 / math.sqrt(D), dropout_p=dropout_p, return_lse=True)
+        out, lse = merge_rows(out, lse, q_tok.view(-1), B * H * N)
+        out = unfold_heads(attend_self_where_keyless(out, lse, vf), B, N, H)
+        if not want_edges:
+            return out, None
+
+        def edges():
+            keep = torch.ones(K, w, w, dtype=torch.bool, device=q.device) if mask is None else ~mask
+            key = k_tok[:, None, :].expand(K, w, w)[keep]
+            query = q_tok[:, :, None].expand(K, w, w)[keep]
+            alone = torch.nonzero(lse.view(-1) == float("-inf")).flatten()
+            return torch.cat([key, alone]), torch.cat([query, alone])
+
+        return out, edges
 
     def forward(self, x: torch.Tensor, *, return_graph: bool = False):
         x, batched = check_input(x, self.embed_dim)
@@ -216,12 +345,10 @@ class RoutingAttention(nn.Module):
             self._initialise(qn, kn)
         cent = self.centroids.to(qn.dtype)
         q_sets, k_sets, q_assign, k_assign = recorded(lambda: self._route(qn, kn, cent))
-        key, query, q_order, k_order = self._graph_edges(q_sets, k_sets, q_assign, k_assign, N)
-        q_assign, k_assign = q_assign.permute(0, 2, 1), k_assign.permute(0, 2, 1)  # [B, N, H]
-        out = routed_attention(q, k, v, key, query, q_order=q_order, k_order=k_order,
-                               scale=1.0 / math.sqrt(D), dropout_p=self.dropout if self.training else 0.0,
-                               unique=True)
+        out, edges = self._cluster_attention(q, k, v, q_sets, k_sets, self.dropout if self.training else 0.0,
+                                             return_graph)
         if self.training:
+            q_assign, k_assign = q_assign.permute(0, 2, 1), k_assign.permute(0, 2, 1)  # [B, N, H]
             # Commitment: squared distance of the (differentiable) unit vectors to their centroid.
             heads = torch.arange(H, device=x.device)
             dq = (_unit(q) - cent[heads, q_assign]).pow(2).sum(-1)  # [B, N, H]
@@ -233,7 +360,7 @@ class RoutingAttention(nn.Module):
                                                 k_assign.permute(2, 0, 1).reshape(H, B * N)], dim=1))
         else:
             self.last_commitment_loss = None
-        return routed_output(self.out_proj, out, key, query, batched, return_graph, EdgeLabel.CLUSTER)
+        return routed_output(self.out_proj, out, batched, edges, EdgeLabel.CLUSTER)
 
     def extra_repr(self) -> str:
         return (f"{self.embed_dim}, num_heads={self.num_heads}, num_clusters={self.num_clusters}, "

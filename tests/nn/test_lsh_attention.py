@@ -212,3 +212,83 @@ def test_bad_arguments_name_the_parameter():
         layer(torch.randn(8))
     with pytest.raises(ValueError, match="N >= 1"):
         layer(torch.randn(0, 8))
+
+
+def round_pairs(buckets, chunk):
+    """Plain-Python pairs (key, query), self pairs excluded, of each round of ``buckets``
+    [R, n] (exact buckets, or Reformer's chunks of the (bucket, position) order)."""
+    R, n = buckets.shape
+    rounds = []
+    for r in range(R):
+        b = buckets[r].tolist()
+        if chunk is None:
+            pairs = {(j, i) for i in range(n) for j in range(n) if i != j and b[i] == b[j]}
+        else:
+            order = sorted(range(n), key=lambda t: (b[t], t))
+            chunks = [order[s:s + chunk] for s in range(0, n, chunk)]
+            pairs = set()
+            for c, members in enumerate(chunks):
+                window = set(members) | set(chunks[c - 1])  # chunks[-1]: the first looks back to the last
+                pairs |= {(j, i) for i in members for j in window if j != i}
+        rounds.append(pairs)
+    return rounds
+
+
+@pytest.mark.parametrize("chunk,num_hashes,causal", [(None, 3, False), (None, 4, True), (3, 2, False), (3, 4, True),
+                                                     (1, 3, False), (5, 4, False), (8, 3, True)])
+def test_rounds_merged_equal_attention_over_the_union_graph(chunk, num_hashes, causal):
+    # Each round is its own attention; a pair that several rounds hold is attended once. The
+    # union graph is rules.lsh's (checked against plain-Python rounds); values and gradients
+    # against dense float64 attention over it.
+    from graphattn.rules.hashing import lsh_buckets
+
+    torch.manual_seed(12)
+    n, H = 19, 2
+    layer = LSHAttention(8, H, num_buckets=2, num_hashes=num_hashes, chunk=chunk, causal=causal, seed=4).double()
+    x = torch.randn(n, 8, dtype=torch.float64, requires_grad=True)
+    out = layer(x)
+    w = torch.randn_like(out)
+    (out * w).sum().backward()
+    grads = [x.grad.clone()] + [p.grad.clone() for p in layer.parameters()]
+    layer.zero_grad()
+    x.grad = None
+    q = layer.qk_proj(x).view(n, H, 4)
+    masks = []
+    for h in range(H):
+        seed = int(layer.hash_seeds[h])
+        union = rules.lsh(q[:, h].detach(), num_buckets=2, num_hashes=num_hashes, chunk=chunk, seed=seed).to_dense()
+        rounds = round_pairs(lsh_buckets(q[:, h].detach(), num_buckets=2, num_hashes=num_hashes, seed=seed), chunk)
+        pairs = set().union(*rounds)
+        assert sum(map(len, rounds)) > len(pairs)  # rounds share pairs: the correction is exercised
+        assert pairs == {(j, i) for i, j in torch.nonzero(union & ~torch.eye(n, dtype=torch.bool)).tolist()}
+        if causal:
+            union = union & torch.ones(n, n, dtype=torch.bool).tril(-1)
+            alone = ~union.any(1)
+            union[alone, alone] = True
+        masks.append(union)
+    v = layer.v_proj(x).view(n, H, 4)
+    ref, _ = dense_attention(q, q / q.norm(dim=-1, keepdim=True), v, torch.stack(masks), scale=1.0)
+    ref = layer.out_proj(ref.reshape(n, 8))
+    (ref * w).sum().backward()
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+    for a, b in zip(grads, [x.grad] + [p.grad for p in layer.parameters()]):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_chunked_rounds_plan_once_across_training_steps(monkeypatch, causal):
+    # Fresh rotations every training step, but the chunk layout over the sorted rows is the same:
+    # its plan is built once.
+    from collections import OrderedDict
+
+    from graphattn.nn import _routed, plan
+
+    monkeypatch.setattr(_routed, "_LAYOUTS", OrderedDict())
+    builds = []
+    real = plan._build_plan
+    monkeypatch.setattr(plan, "_build_plan", lambda *a, **kw: builds.append(1) or real(*a, **kw))
+    torch.manual_seed(13)
+    layer = LSHAttention(16, 2, num_buckets=4, num_hashes=3, chunk=5, causal=causal)
+    for _ in range(3):
+        layer(torch.randn(2, 33, 16)).sum().backward()
+    assert len(builds) == 1

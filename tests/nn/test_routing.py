@@ -15,15 +15,24 @@ def project(layer, x):
     return (layer.q_proj(x).view(-1, H, D), layer.k_proj(x).view(-1, H, D), layer.v_proj(x).view(-1, H, D))
 
 
-def reference_mask(q, k, centroids, window, causal):
-    """Balanced routing by plain Python sorting (independent of the layer's tensor code)."""
+def reference_sets(q, k, centroids, window):
+    """Balanced routing by plain Python sorting (independent of the layer's tensor code): per
+    cluster, its query and key token lists."""
     n = q.shape[0]
     qn, kn = q / q.norm(dim=-1, keepdim=True), k / k.norm(dim=-1, keepdim=True)
-    mask = torch.zeros(n, n, dtype=torch.bool)
+    sets = []
     for c in range(centroids.shape[0]):
         sq, sk = (qn @ centroids[c]).tolist(), (kn @ centroids[c]).tolist()
-        queries = sorted(range(n), key=lambda i: (-sq[i], i))[:window]
-        keys = sorted(range(n), key=lambda j: (-sk[j], j))[:window]
+        sets.append((sorted(range(n), key=lambda i: (-sq[i], i))[:window],
+                     sorted(range(n), key=lambda j: (-sk[j], j))[:window]))
+    return sets
+
+
+def reference_mask(q, k, centroids, window, causal):
+    """The routing graph of :func:`reference_sets` as a dense mask (union over clusters)."""
+    n = q.shape[0]
+    mask = torch.zeros(n, n, dtype=torch.bool)
+    for queries, keys in reference_sets(q, k, centroids, window):
         for i in queries:
             for j in keys:
                 mask[i, j] = True
@@ -239,3 +248,136 @@ def test_top_members_is_the_stable_sort_prefix_with_ties():
         got = _top_members(sim, w)
         ref = torch.sort(sim, dim=-1, descending=True, stable=True).indices[..., :w].sort(-1).values
         assert torch.equal(got, ref)
+
+
+def _union_reference(layer, x, causal):
+    """Float64 dense attention of ``x`` [N, E] over the routing union graph built by
+    ``reference_mask`` (plain Python sorting), per head; returns the projected output."""
+    H, D = layer.num_heads, layer.head_dim
+    q, k, v = project(layer, x)
+    w = layer.cluster_size if layer.cluster_size is not None else math.ceil(x.shape[0] / layer.num_clusters)
+    masks = torch.stack([reference_mask(q[:, h].detach(), k[:, h].detach(), layer.centroids[h], min(w, x.shape[0]),
+                                        causal) for h in range(H)])
+    o, _ = dense_attention(q, k, v, masks)
+    return layer.out_proj(o.reshape(-1, H * D)), masks
+
+
+@pytest.mark.parametrize("num_clusters,cluster_size,n,causal,repeat", [
+    (4, 9, 19, False, False),   # 36 slots for 19 tokens: clusters overlap
+    (4, 9, 19, True, False),
+    (3, 10, 12, False, False),  # most pairs in two or three clusters
+    (5, 4, 16, False, True),    # repeated tokens: equal similarities, ties at the cut
+    (70, 30, 40, False, False),  # a cluster shares queries with over 64 earlier ones
+    (70, 30, 40, True, False),
+])
+def test_clusters_merged_equal_attention_over_the_union_graph(num_clusters, cluster_size, n, causal, repeat):
+    # Each cluster is its own partial attention; a pair several of a query's clusters hold is
+    # attended once. Values and gradients against the dense union graph, in float64.
+    torch.manual_seed(11)
+    layer = RoutingAttention(8, 2, num_clusters=num_clusters, cluster_size=cluster_size, causal=causal,
+                             seed=2).double().eval()
+    x = torch.randn(n, 8, dtype=torch.float64)
+    if repeat:
+        x[1::2] = x[0::2]
+    x.requires_grad_()
+    out, g = layer(x, return_graph=True)
+    w = torch.randn_like(out)
+    (out * w).sum().backward()
+    grads = [x.grad.clone()] + [p.grad.clone() for p in layer.parameters()]
+    layer.zero_grad()
+    x.grad = None
+    ref, masks = _union_reference(layer, x, causal)
+    (ref * w).sum().backward()
+    # the clusters do share pairs here (so the duplicate correction is exercised)
+    q, k, _ = project(layer, x)
+    pairs = [(i, j) for queries, keys in reference_sets(q[:, 0].detach(), k[:, 0].detach(), layer.centroids[0],
+                                                         min(cluster_size, n)) for i in queries for j in keys]
+    assert len(pairs) > len(set(pairs))
+    for h in range(2):
+        assert torch.equal(head_graph(g, h).to_dense(), masks[h])
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+    for a, b in zip(grads, [x.grad] + [p.grad for p in layer.parameters()]):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
+def test_duplicate_mask_is_the_first_cluster_holding_the_pair():
+    from graphattn.nn.routing import _duplicate_mask
+
+    gen = torch.Generator().manual_seed(12)
+    for K, w, n in ((6, 4, 9), (80, 3, 5), (3, 1, 2), (5, 5, 5)):
+        q_sets = torch.stack([torch.randperm(n, generator=gen)[:w].sort().values for _ in range(K)])
+        k_sets = torch.stack([torch.randperm(n, generator=gen)[:w].sort().values for _ in range(K)])
+        mask = _duplicate_mask(q_sets, k_sets)
+        expected = torch.zeros(K, w, w, dtype=torch.bool)
+        for c in range(K):
+            for p in range(w):
+                for s in range(w):
+                    i, j = int(q_sets[c, p]), int(k_sets[c, s])
+                    expected[c, p, s] = any(i in q_sets[e].tolist() and j in k_sets[e].tolist() for e in range(c))
+        if mask is None:
+            assert not bool(expected.any())
+        else:
+            assert torch.equal(mask, expected)
+
+
+def test_merge_rows_equals_merge_attention():
+    from graphattn.nn import merge_attention
+    from graphattn.nn._routed import merge_rows
+
+    gen = torch.Generator().manual_seed(13)
+    # target t has parts 0..count[t]-1, one row each; a keyless part has lse -inf
+    count = torch.tensor([0, 1, 3, 2, 4])
+    index = torch.arange(5).repeat_interleave(count)
+    R, H, D = int(count.sum()), 2, 3
+    outs = torch.randn(R, H, D, dtype=torch.float64, generator=gen, requires_grad=True)
+    lse = torch.randn(R, H, dtype=torch.float64, generator=gen)
+    lse[3, 0] = float("-inf")
+    lse[6:8, 1] = float("-inf")  # target 3: keyless in head 1
+    lses = lse.requires_grad_()
+    out, total = merge_rows(outs, lses, index, 5)
+    g_out, g_lse = torch.randn_like(out), torch.randn_like(total)
+    loss = (out * g_out).sum() + (total.masked_fill(torch.isinf(total), 0) * g_lse).sum()
+    grads = torch.autograd.grad(loss, (outs, lses))
+    # the same parts padded to 4 aligned parts (absent ones keyless) for merge_attention
+    first = torch.cumsum(count, 0) - count
+    parts_o, parts_l = [], []
+    for p in range(4):
+        rows = first + p
+        has = p < count
+        rows = torch.where(has, rows, torch.zeros_like(rows))
+        parts_o.append(torch.where(has[:, None, None], outs[rows], 0.0))
+        parts_l.append(torch.where(has[:, None], lses[rows], float("-inf")))
+    ref_out, ref_lse = merge_attention(parts_o, parts_l)
+    torch.testing.assert_close(out, ref_out, rtol=1e-12, atol=1e-12)
+    assert torch.equal(torch.isinf(total), torch.isinf(ref_lse))
+    loss = (ref_out * g_out).sum() + (ref_lse.masked_fill(torch.isinf(ref_lse), 0) * g_lse).sum()
+    for a, b in zip(grads, torch.autograd.grad(loss, (outs, lses))):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert bool(total[0].isinf().all()) and bool((out[0] == 0).all())
+
+
+def test_top_members_without_ties_is_the_largest_values():
+    from graphattn.nn.routing import _top_members
+
+    sim = torch.randn(4, 3, 50, generator=torch.Generator().manual_seed(14))
+    for w in (1, 7, 49, 50):
+        ref = torch.sort(sim, dim=-1, descending=True, stable=True).indices[..., :w].sort(-1).values
+        assert torch.equal(_top_members(sim, w), ref)
+
+
+def test_one_plan_for_every_training_step(monkeypatch):
+    # The cluster layout is the same every forward: its plan is built once, though the clusters
+    # (and, in training, the centroids) change.
+    from collections import OrderedDict
+
+    from graphattn.nn import _routed, plan
+
+    monkeypatch.setattr(_routed, "_LAYOUTS", OrderedDict())
+    builds = []
+    real = plan._build_plan
+    monkeypatch.setattr(plan, "_build_plan", lambda *a, **kw: builds.append(1) or real(*a, **kw))
+    torch.manual_seed(15)
+    layer = RoutingAttention(16, 2, num_clusters=4, cluster_size=8, causal=True, ema_decay=0.5, seed=0)
+    for _ in range(3):
+        layer(torch.randn(2, 30, 16)).sum().backward()
+    assert len(builds) == 1
