@@ -65,9 +65,10 @@ def build_parser(prog: str = "python -m graphattn.bench") -> ArgumentParser:
                    help="gloo world sizes to run (none: skip)")
     d.add_argument("--measure-n", type=count, default=65536)
     d.add_argument("--repeats", type=count, default=3)
-    m = sub.add_parser("models", help="reversible vs plain encoder memory, chunked FFN, LSH and routing vs dense")
-    m.add_argument("--suites", nargs="+", default=["encoder", "ffn", "attention"],
-                   choices=["encoder", "ffn", "attention"])
+    m = sub.add_parser("models", help="reversible vs plain encoder memory, chunked FFN, LSH and routing vs dense "
+                                      "and vs lucidrains' routing-transformer")
+    m.add_argument("--suites", nargs="+", default=["encoder", "ffn", "attention", "routing"],
+                   choices=["encoder", "ffn", "attention", "routing"])
     m.add_argument("--n", type=count, nargs="+", default=[4096, 16384, 65536], help="attention lengths")
     m.add_argument("--encoder-n", type=count, default=4096)
     m.add_argument("--ffn-n", type=count, default=65536)

@@ -8,7 +8,12 @@ in :mod:`graphattn.bench.attention`:
 * **ffn**: the feed-forward network alone at a long length, unchunked vs chunked, forward
   without autograd and forward+backward (chunks checkpointed);
 * **attention**: time of one LSHAttention and one RoutingAttention layer against a dense
-  layer (same projections, ``scaled_dot_product_attention`` over all pairs) as n grows.
+  layer (same projections, ``scaled_dot_product_attention`` over all pairs) as n grows;
+* **routing**: RoutingAttention against the implementation users would pick instead,
+  lucidrains' ``routing-transformer`` (its ``SelfAttention``, all heads routed, the same number
+  of clusters and the same window), LSHAttention at the same keys per query and dense SDPA:
+  width 128, 4 heads, training mode, forward+backward. The peer is skipped, with the reason,
+  where ``routing-transformer`` is not installed.
 
 The encoder and ffn cells run twice: once with the default allocator (time, peak RSS) and once
 with ``MALLOC_MMAP_THRESHOLD_=65536`` (peak RSS that tracks live tensors; see ``MMAP_ENV``).
@@ -27,9 +32,12 @@ from graphattn.bench._timing import describe_cell, format_table, measure, spawn_
 
 __all__ = ["run", "run_cell", "SUITES"]
 
-SUITES = ("encoder", "ffn", "attention")
+SUITES = ("encoder", "ffn", "attention", "routing")
 BAND_RADIUS = 64  # encoder graph: a band of radius 64
 LSH_BUCKET = 64  # LSH: about 64 tokens per bucket, chunks of 64
+ROUTING_E = 128  # routing suite: lucidrains' SelfAttention(dim=128, heads=4, window_size=64)
+ROUTING_WINDOW = 64  # queries and keys per cluster; n // 64 clusters
+ROUTING_VARIANTS = ("routing-transformer", "routing", "lsh", "dense")
 _GIB = 1 << 30
 
 
@@ -89,10 +97,57 @@ def run_cell(suite: str, variant: str, n: int, E: int, H: int, depth: int, mode:
             raise ValueError(f"expected variant in ('lsh', 'routing', 'dense'), got {variant!r}")
         fn = lambda: layer(x)  # noqa: E731
         params = list(layer.parameters())
+    elif suite == "routing":
+        x = torch.randn(1, n, E, generator=gen).requires_grad_(backward)
+        made = _routing_layer(variant, n, E, H)
+        if "skip" in made:
+            return made
+        layer = made["layer"]
+        fn = (lambda: layer(x)[0]) if variant == "routing-transformer" else (lambda: layer(x))  # noqa: E731
+        params = list(layer.parameters())
     else:
         raise ValueError(f"expected suite in {SUITES}, got {suite!r}")
     m = measure(_step(fn, backward, params), repeats=repeats, warmup=1)
-    return {"time_s": m.median_s, "peak_rss_gib": _rss_gib(), "base_rss_gib": base}
+    result = {"time_s": m.median_s, "peak_rss_gib": _rss_gib(), "base_rss_gib": base}
+    if suite == "routing" and variant in ("routing", "lsh"):
+        result["keys_per_query"] = _keys_per_query(layer, x)  # after the peak RSS is read
+    return result
+
+
+def _routing_layer(variant: str, n: int, E: int, H: int) -> dict:
+    """The routing suite's layer for ``variant``, in training mode (``{"layer": ...}``), or
+    ``{"skip": why}``. Routing's centroids (and the peer's k-means) start from the input in the
+    untimed warm-up step, the peer's from its first call."""
+    from graphattn.bench.peers import lucidrains_routing
+    from graphattn.nn.lsh import LSHAttention
+    from graphattn.nn.routing import RoutingAttention
+
+    if variant == "routing-transformer":
+        try:
+            layer = lucidrains_routing(n, E, H, ROUTING_WINDOW)
+        except ImportError as err:
+            return {"skip": f"routing-transformer not installed ({err.name})"}
+    elif variant == "routing":
+        layer = RoutingAttention(E, H, cluster_size=ROUTING_WINDOW, num_clusters=max(1, n // ROUTING_WINDOW), seed=0)
+    elif variant == "lsh":
+        # chunks of w / 2: each query attends its chunk and the previous one, w - 1 keys, as
+        # many as a routed query's cluster (w)
+        chunk = ROUTING_WINDOW // 2
+        layer = LSHAttention(E, H, num_buckets=max(2, 2 * (n // (2 * chunk))), chunk=chunk, seed=0)
+    elif variant == "dense":
+        layer = _DenseAttention(E, H)
+    else:
+        raise ValueError(f"expected variant in {ROUTING_VARIANTS}, got {variant!r}")
+    return {"layer": layer.train()}
+
+
+def _keys_per_query(layer, x: torch.Tensor) -> float:
+    """Mean keys per query and head of the graphs ``layer`` attends over for ``x``."""
+    with torch.no_grad():
+        _, graphs = layer(x, return_graph=True)
+    graphs = graphs if isinstance(graphs, list) else [graphs]
+    edges = sum(int(g.head_mask.sum()) for g in graphs)
+    return edges / (x.shape[-2] * len(graphs) * graphs[0].num_heads)
 
 
 class _DenseAttention(torch.nn.Module):
@@ -105,6 +160,8 @@ class _DenseAttention(torch.nn.Module):
         self.out = torch.nn.Linear(E, E)
 
     def forward(self, x):
+        if x.dim() == 3:  # [1, n, E]
+            return self(x[0])[None]
         n, E = x.shape
         q, k, v = self.qkv(x).view(n, 3, self.H, E // self.H).permute(1, 2, 0, 3)
         o = torch.nn.functional.scaled_dot_product_attention(q, k, v)
@@ -135,6 +192,11 @@ def _cells(suites, ns, encoder_n, ffn_n, depth):
             for variant in ("dense", "lsh", "routing"):
                 skip = "n^2 pairs: dense only up to 16,384" if variant == "dense" and n > 16384 else None
                 yield "attention", variant, n, 1, ("fwd", "fwd+bwd"), skip
+    if "routing" in suites:
+        for n in ns:
+            for variant in ROUTING_VARIANTS:
+                skip = "n^2 pairs: dense only up to 16,384" if variant == "dense" and n > 16384 else None
+                yield "routing", variant, n, 1, ("fwd+bwd",), skip
 
 
 def run(suites=SUITES, ns=(4096, 16384, 65536), encoder_n=4096, ffn_n=65536, depth=24, E=256, H=4, repeats=3,
@@ -143,13 +205,13 @@ def run(suites=SUITES, ns=(4096, 16384, 65536), encoder_n=4096, ffn_n=65536, dep
     rows: dict = {s: [] for s in SUITES}
     for suite, variant, n, d, modes, skip in _cells(suites, ns, encoder_n, ffn_n, depth):
         for mode in modes:
-            spec = dict(suite=suite, variant=variant, n=n, E=E, H=H, depth=d, mode=mode,
-                        repeats=1 if suite == "encoder" or n >= 65536 else repeats)
+            spec = dict(suite=suite, variant=variant, n=n, E=ROUTING_E if suite == "routing" else E, H=H, depth=d,
+                        mode=mode, repeats=1 if suite == "encoder" or n >= 65536 else repeats)
             r = {"skip": skip} if skip else _spawn(spec, timeout)
-            if suite != "attention" and "skip" not in r:
+            if suite in ("encoder", "ffn") and "skip" not in r:
                 m = _spawn(spec, timeout, MMAP_ENV)
                 r["mmap_gib"] = m["peak_rss_gib"] - m["base_rss_gib"] if "skip" not in m else None
-            log(f"  {suite:9s} {variant:18s} n={n:<6d} {mode:8s} {describe_cell(r)}")
+            log(f"  {suite:9s} {variant:19s} n={n:<6d} {mode:8s} {describe_cell(r)}")
             rows[suite].append((variant, n, mode, r))
     heads = {
         "encoder": f"SparseEncoder, depth {depth}, E={E}, {H} heads, band radius {BAND_RADIUS}, one fwd+bwd",
@@ -159,6 +221,9 @@ def run(suites=SUITES, ns=(4096, 16384, 65536), encoder_n=4096, ffn_n=65536, dep
     }
     for suite in SUITES:
         if not rows[suite]:
+            continue
+        if suite == "routing":
+            tables.append(_routing_table(rows[suite], H))
             continue
         ref = {(n, mode): r for v, n, mode, r in rows[suite] if v in ("plain", "unchunked", "dense") and "time_s" in r}
         body = []
@@ -176,6 +241,31 @@ def run(suites=SUITES, ns=(4096, 16384, 65536), encoder_n=4096, ffn_n=65536, dep
         cols += ["peak - start GiB, mmap 64K"] if suite != "attention" else []
         tables.append(f"{heads[suite]}\n\n" + format_table(cols + ["time vs plain/dense"], body))
     return "\n\n".join(tables)
+
+
+def _routing_table(rows, H: int) -> str:
+    """The routing suite's table: time, keys per query and memory per variant and n, with the
+    time relative to the peer's and to LSH's at the same n."""
+    peer = {n: r for v, n, _, r in rows if v == "routing-transformer" and "time_s" in r}
+    lsh = {n: r for v, n, _, r in rows if v == "lsh" and "time_s" in r}
+    keys = {"routing-transformer": f"{ROUTING_WINDOW} per cluster", "dense": "n"}
+    body = []
+    for variant, n, _, r in rows:
+        if "skip" in r:
+            body.append([variant, f"{n:,}", "-", "-", "-", "-", r["skip"], ""])
+            continue
+        kpq = f"{r['keys_per_query']:.1f}" if "keys_per_query" in r else keys.get(variant, "-")
+        ratios = [f"{r['time_s'] / ref[n]['time_s']:.2f}x" if n in ref and ref[n] is not r else ""
+                  for ref in (peer, lsh)]
+        body.append([variant, f"{n:,}", f"{r['time_s']:.3f}", kpq, f"{r['peak_rss_gib']:.2f}",
+                     f"{r['peak_rss_gib'] - r['base_rss_gib']:.2f}", *ratios])
+    head = (f"content-based attention, E={ROUTING_E}, {H} heads, training mode, one fwd+bwd (routing: n / "
+            f"{ROUTING_WINDOW} clusters of {ROUTING_WINDOW} queries and {ROUTING_WINDOW} keys, lucidrains' "
+            f"routing-transformer SelfAttention with the same clusters and window, no local heads; LSH: chunks "
+            f"of {ROUTING_WINDOW // 2}, one round)")
+    cols = ["variant", "n", "time s", "keys/query", "peak RSS GiB", "peak - start GiB", "time vs routing-transformer",
+            "time vs lsh"]
+    return f"{head}\n\n" + format_table(cols, body)
 
 
 if __name__ == "__main__" and "--worker" in sys.argv:

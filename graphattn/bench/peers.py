@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 
 __all__ = ["Peer", "register", "get", "names", "dense_sdpa", "blocked_band", "gather_scatter", "sparse_csr",
-           "band_block_mask", "flex_band", "hf_longformer", "hf_bigbird"]
+           "band_block_mask", "flex_band", "hf_longformer", "hf_bigbird", "lucidrains_routing"]
 
 
 @dataclass(frozen=True)
@@ -285,3 +285,14 @@ register(Peer("flex", "compiled FlexAttention (band: the native mask_mod; others
               {"cpu": ("band",), "cuda": _ALL}, ("cuda",), _build_flex))
 register(Peer("hf_bigbird", "HF transformers' BigBirdBlockSparseAttention (projections included)",
               {"cpu": ("bigbird",)}, ("cpu",), _build_hf(lambda n, H, D: hf_bigbird(n, H, D, _cases().BLOCK))))
+
+
+def lucidrains_routing(n: int, dim: int, heads: int, window: int):
+    """lucidrains' ``routing-transformer`` (``pip install routing-transformer``) self-attention
+    with every head routed: ``SelfAttention(dim, depth=1, max_seq_len=n, heads,
+    local_attn_heads=0, window_size=window, rel_pos_emb=False)``, ``n // window`` k-means
+    clusters of ``window`` queries and keys; ``layer(x [B, n, dim]) -> (out, commitment loss)``."""
+    from routing_transformer.routing_transformer import SelfAttention
+
+    return SelfAttention(dim=dim, depth=1, max_seq_len=n, heads=heads, local_attn_heads=0, window_size=window,
+                         rel_pos_emb=False)

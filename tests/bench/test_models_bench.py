@@ -37,5 +37,45 @@ def test_models_suite_table(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "depth 3" in out and "| reversible+chunked | 4,096" in out
     assert "n^2 pairs: dense only up to 16,384" in out and "| chunks=16" in out
-    assert out.count("| lsh ") == 4 and "1.50" in out  # peak - start
+    assert out.count("| lsh ") == 6 and "1.50" in out  # attention: 2 n x 2 modes; routing: 2 n
     assert "mmap 64K" in out
+    routing = out[out.index("content-based attention"):]
+    assert "E=128" in routing and "| routing-transformer | 4,096" in routing and "time vs routing-transformer" in routing
+    assert "| 64 per cluster" in routing and routing.count("| fwd") == 0
+
+
+def test_routing_cells_run_in_process_at_tiny_size():
+    for variant in ("routing", "lsh", "dense"):
+        r = models.run_cell("routing", variant, n=128, E=16, H=2, depth=1, mode="fwd+bwd", repeats=1)
+        assert r["time_s"] > 0 and r["peak_rss_gib"] >= r["base_rss_gib"] > 0
+        assert ("keys_per_query" in r) == (variant != "dense")
+
+
+def test_routing_peer_is_lucidrains_selfattention_with_our_clusters_and_window():
+    pytest.importorskip("routing_transformer")
+    from graphattn.bench.peers import lucidrains_routing
+
+    layer = lucidrains_routing(256, 16, 2, 64)
+    assert layer.global_attn.num_clusters == 4 and layer.global_attn.window_size == 64
+    assert layer.local_attn_heads == 0 and layer.global_attn_heads == 2
+    out, loss = layer.train()(torch.randn(1, 256, 16))
+    assert out.shape == (1, 256, 16) and bool(out.isfinite().all())
+    r = models.run_cell("routing", "routing-transformer", n=128, E=16, H=2, depth=1, mode="fwd+bwd", repeats=1)
+    assert r["time_s"] > 0
+
+
+def test_routing_peer_is_skipped_with_the_reason_when_not_installed(monkeypatch):
+    import sys
+
+    for name in ("routing_transformer", "routing_transformer.routing_transformer"):
+        monkeypatch.setitem(sys.modules, name, None)  # import raises ModuleNotFoundError
+    r = models.run_cell("routing", "routing-transformer", n=128, E=16, H=2, depth=1, mode="fwd+bwd", repeats=1)
+    assert list(r) == ["skip"] and r["skip"].startswith("routing-transformer not installed (routing_transformer")
+
+
+def test_keys_per_query_counts_the_layers_graph():
+    from graphattn.nn import LSHAttention
+
+    # chunks of 4 over 24 tokens, one round: every token attends 3 of its chunk and 4 before it
+    layer = LSHAttention(16, 2, num_buckets=4, chunk=4, seed=0)
+    assert models._keys_per_query(layer, torch.randn(1, 24, 16)) == 7.0
