@@ -114,11 +114,17 @@ def merge_rows(outs: torch.Tensor, lses: torch.Tensor, index: torch.Tensor, size
     return out.index_add(0, index, w[..., None] * outs), lse
 
 
-def attend_self_where_keyless(out: torch.Tensor, lse: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+def attend_self_where_keyless(out: torch.Tensor, lse: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0):
     """A token whose merged attention has no key (``lse = -inf``) attends itself alone: its
-    output is its own value. ``out``, ``v`` ``[S, 1, D]`` in token-slot rows, ``lse`` ``[S, 1]``."""
+    output is its own value (its one probability, 1, dropped with probability ``dropout_p`` and
+    otherwise scaled by ``1 / (1 - dropout_p)``, drawn from torch's default generator as the
+    engine's dropout is). ``out``, ``v`` ``[S, 1, D]`` in token-slot rows, ``lse`` ``[S, 1]``."""
     keyless = (lse == float("-inf"))[..., None]
-    return torch.where(keyless, v.to(out.dtype), out)
+    own = v.to(out.dtype)
+    if dropout_p:
+        keep = torch.empty(own.shape[0], 1, 1, dtype=own.dtype, device=own.device).bernoulli_(1.0 - dropout_p)
+        own = own * keep / (1.0 - dropout_p)
+    return torch.where(keyless, own, out)
 
 
 def per_head_graphs(key_slot, query_slot, B: int, H: int, N: int, label: EdgeLabel) -> list[AttentionGraph]:

@@ -300,7 +300,7 @@ class LSHAttention(nn.Module):
             out, lse = out[row[0]], lse[row[0]]
         else:
             out, lse = merge_attention([out[row[r]] for r in range(R)], [lse[row[r]] for r in range(R)])
-        return unfold_heads(attend_self_where_keyless(out, lse, vf), B, N, H), lse
+        return unfold_heads(attend_self_where_keyless(out, lse, vf, dropout_p), B, N, H), lse
 
     def forward(self, x: torch.Tensor, *, return_graph: bool = False):
         x, batched = check_input(x, self.embed_dim)

@@ -274,8 +274,9 @@ class RoutingAttention(nn.Module):
         """Routing decisions of unit ``qn``, ``kn`` ``[B, N, H, D]`` against ``cent`` ``[H, C, D]``:
         the balanced sets ``q_sets``, ``k_sets`` ``[B, H, C, w]`` (per cluster the ``w`` most
         similar queries / keys, ties to the lower position, in increasing position) and the
-        nearest centroids ``q_assign``, ``k_assign`` ``[B, H, N]`` (ties to the lower id).
-        Similarities ``[B, H, C, N]`` are computed a chunk of centroids at a time."""
+        nearest centroids ``q_assign``, ``k_assign`` ``[B, H, N]`` (ties to the lower id; None
+        in evaluation, which moves no centroid). Similarities ``[B, H, C, N]`` are computed a
+        chunk of centroids at a time."""
         B, N, H, D = qn.shape
         C = self.num_clusters
         w = min(self.cluster_size if self.cluster_size is not None else -(-N // C), N)
@@ -287,6 +288,8 @@ class RoutingAttention(nn.Module):
             for c0 in range(0, C, step):
                 sim = torch.matmul(cent[:, c0:c0 + step], pts)  # [B, H, c, N]
                 sets.append(_top_members(sim, w))
+                if not self.training:
+                    continue
                 top, arg = sim.max(dim=2)  # first maximum: ties to the lower id
                 if best is None:
                     best, assign = top, arg
@@ -320,7 +323,7 @@ class RoutingAttention(nn.Module):
         out, lse = graph_attention(qf[q_tok.view(-1)], kf[k_tok.view(-1)], vf[k_tok.view(-1)], layout, bias=bias,
                                    scale=1.0 / math.sqrt(D), dropout_p=dropout_p, return_lse=True)
         out, lse = merge_rows(out, lse, q_tok.view(-1), B * H * N)
-        out = unfold_heads(attend_self_where_keyless(out, lse, vf), B, N, H)
+        out = unfold_heads(attend_self_where_keyless(out, lse, vf, dropout_p), B, N, H)
         if not want_edges:
             return out, None
 

@@ -292,3 +292,24 @@ def test_chunked_rounds_plan_once_across_training_steps(monkeypatch, causal):
     for _ in range(3):
         layer(torch.randn(2, 33, 16)).sum().backward()
     assert len(builds) == 1
+
+
+def test_dropout_reaches_a_keyless_tokens_self_loop():
+    # Causal: token 0 has no earlier key and attends itself alone; its one attention probability
+    # is dropped (output 0) or kept and scaled (output 2 v for p = 0.5), like every other edge.
+    torch.manual_seed(14)
+    layer = LSHAttention(8, 2, num_buckets=4, chunk=4, causal=True, seed=0, dropout=0.5, bias=False)
+    with torch.no_grad():
+        layer.out_proj.weight.copy_(torch.eye(8))
+    x = torch.randn(12, 8)
+    v0 = layer.v_proj(x[0]).view(2, 4)
+    seen = set()
+    for _ in range(20):
+        out0 = layer(x)[0].view(2, 4)
+        for h in range(2):
+            if torch.equal(out0[h], torch.zeros(4)):
+                seen.add("dropped")
+            else:
+                torch.testing.assert_close(out0[h], 2 * v0[h])
+                seen.add("kept")
+    assert seen == {"dropped", "kept"}
