@@ -27,9 +27,10 @@ import torch
 
 from graphattn.compose import stack_heads
 from graphattn.graph import AttentionGraph, EdgeLabel
+from graphattn.nn._engine import FP32_MAX_LOGIT, score_bound
 
-__all__ = ["check_input", "fold_heads", "unfold_heads", "block_layout", "cached_layout", "merge_rows",
-           "attend_self_where_keyless", "per_head_graphs", "routed_output"]
+__all__ = ["check_input", "fold_heads", "unfold_heads", "block_layout", "cached_layout", "block_attention",
+           "merge_rows", "attend_self_where_keyless", "per_head_graphs", "routed_output"]
 
 
 def check_input(x, embed_dim: int) -> tuple[torch.Tensor, bool]:
@@ -86,6 +87,41 @@ def cached_layout(key: tuple, build) -> AttentionGraph:
         graph = build()
     _LAYOUTS[key] = graph
     return graph
+
+
+def block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float,
+                    dropout_p: float = 0.0):
+    """Attention within ``K`` dense blocks: query row ``p`` of block ``c`` attends every key row of
+    block ``c`` that ``mask`` ``[K, T, S]`` (True: masked) leaves, ``q`` ``[K, T, D]``, ``k`` ``[K, S, D]``,
+    ``v`` ``[K, S, Dv]``. Returns ``(out [K, T, Dv], lse [K, T])``, ``lse`` the log-sum-exp of
+    each row's scores (``-inf`` and a zero output for a row without keys), both differentiable
+    (autograd; the gradient of ``lse`` is exact, so partials merge by the log-sum-exp rule).
+
+    The same result as :func:`graphattn.nn.functional.graph_attention` over the block-diagonal
+    graph with a ``-inf`` edge bias where ``mask`` holds, computed as batched matmuls: every block
+    is dense, so the per-edge bias is a dense ``[K, T, S]`` mask and no tiling is needed. As the
+    engine does, half inputs are computed in float32 and float32 in float64 when the scores could
+    exceed ``FP32_MAX_LOGIT`` (:func:`graphattn.nn._engine.score_bound`); ``out`` comes back in
+    ``q``'s dtype, ``lse`` in the accumulation dtype. Dropout (probability ``dropout_p``) drops
+    probabilities after the normaliser is summed, as the engine's does, drawing from torch's
+    default generator."""
+    bound = score_bound(q.flatten(0, -2).unsqueeze(1), k.flatten(0, -2).unsqueeze(1), scale)
+    acc = torch.float64 if q.dtype == torch.float64 or not bound <= FP32_MAX_LOGIT else torch.float32
+    s = torch.matmul(q.to(acc), k.to(acc).transpose(-1, -2)).mul_(scale)
+    if mask is not None:
+        s = s.masked_fill_(mask, float("-inf"))
+    top = s.detach().amax(-1, keepdim=True)  # the lse is the same for any shift: no gradient
+    top = torch.where(torch.isinf(top), torch.zeros_like(top), top)
+    e = (s - top).exp_()
+    total = e.sum(-1)
+    has = total > 0
+    safe = torch.where(has, total, torch.ones_like(total))  # keyless rows: 0 / 1, and no 0 / 0 gradient
+    if dropout_p:
+        keep = torch.empty_like(e).bernoulli_(1.0 - dropout_p)
+        e = e * keep / (1.0 - dropout_p)
+    out = torch.matmul(e, v.to(acc)) / safe[..., None]
+    lse = torch.where(has, top[..., 0] + torch.log(safe), torch.full_like(total, float("-inf")))
+    return out.to(q.dtype), lse
 
 
 def merge_rows(outs: torch.Tensor, lses: torch.Tensor, index: torch.Tensor, size: int):

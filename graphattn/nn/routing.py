@@ -8,10 +8,9 @@ import torch
 from torch import nn
 
 from graphattn._validate import check_bool, check_float, check_heads, check_int, renamed_parameters
-from graphattn.graph import AttentionGraph, EdgeLabel
-from graphattn.nn._routed import (attend_self_where_keyless, block_layout, cached_layout, check_input,
-                                  fold_heads, merge_rows, routed_output, unfold_heads)
-from graphattn.nn.functional import graph_attention
+from graphattn.graph import EdgeLabel
+from graphattn.nn._routed import (attend_self_where_keyless, block_attention, check_input, fold_heads, merge_rows,
+                                  routed_output, unfold_heads)
 from graphattn.nn.attention import reset_projections
 from graphattn.nn._replay import recorded
 from graphattn.nn.lsh import _check_seed, head_seeds
@@ -122,13 +121,6 @@ def _duplicate_mask(q_members: torch.Tensor, k_members: torch.Tensor) -> torch.T
     return mask
 
 
-def _cluster_layout(num_clusters: int, w: int, device) -> AttentionGraph:
-    """``num_clusters`` dense ``w x w`` blocks: edge ``(c * w + p) * w + s`` joins query row
-    ``c * w + p`` to key row ``c * w + s``."""
-    rows = torch.arange(w, device=device)
-    return block_layout(num_clusters, w, rows.repeat(w), rows.repeat_interleave(w))
-
-
 class RoutingAttention(nn.Module):
     r"""Routing Transformer self-attention (Roy, Saffar, Vaswani and Grangier, "Efficient
     Content-Based Sparse Attention with Routing Transformers", TACL 2021).
@@ -169,15 +161,13 @@ class RoutingAttention(nn.Module):
     :class:`~graphattn.nn.ReversibleSequence` the forward runs without autograd, so the loss
     carries no gradient there.)
 
-    Computation, on one plan: the members of every cluster are gathered into a run of
-    ``cluster_size`` query rows and one of ``cluster_size`` key rows, so the graph over those
-    rows is the same every forward (``B * H * C`` dense ``cluster_size x cluster_size`` blocks):
-    it is built once per shape (shared by the layers of a model) and its tiling plan is cached.
-    One exact engine call (:func:`graphattn.nn.functional.graph_attention` with
-    ``return_lse=True``) attends every cluster of every sample and head; the clusters of a query
-    are merged by the log-sum-exp rule. A (query, key) pair that several of a query's clusters
-    hold is attended in the first of them only (a ``-inf`` bias masks it in the others, and
-    masks later keys under ``causal``), so the result is exactly the attention over the union
+    Computation, with no graph built per forward: the members of every cluster are gathered into
+    a run of ``cluster_size`` query rows and one of ``cluster_size`` key rows, so every cluster of
+    every sample and head is a dense ``cluster_size x cluster_size`` block, attended by batched
+    matmuls that also return each row's log-sum-exp (:func:`graphattn.nn._routed.block_attention`);
+    the clusters of a query are merged by the log-sum-exp rule. A (query, key) pair that several
+    of a query's clusters hold is attended in the first of them only (masked in the others, as
+    are later keys under ``causal``), so the result is exactly the attention over the union
     graph above.
     Routing: one ``topk`` per centroid over the similarities (computed in chunks of centroids),
     no sort of the tokens. Work: ``B * H * C * cluster_size**2`` scores (about
@@ -302,8 +292,7 @@ class RoutingAttention(nn.Module):
 
     def _cluster_attention(self, q, k, v, q_sets, k_sets, dropout_p: float, want_edges: bool):
         """Attention of ``q``, ``k``, ``v`` ``[B, N, H, D]`` over the routing graph of the sets
-        ``[B, H, C, w]``: every cluster a dense block of the cached layout, the clusters of a
-        token merged. Returns ``out [B, N, H, D]`` and, when ``want_edges``, a function giving the
+        ``[B, H, C, w]``: every cluster a dense block, the clusters of a token merged. Returns ``out [B, N, H, D]`` and, when ``want_edges``, a function giving the
         graph's (key, query) token-slot edges."""
         B, N, H, D = q.shape
         _, _, C, w = q_sets.shape
@@ -314,14 +303,11 @@ class RoutingAttention(nn.Module):
         if self.causal:
             later = q_sets.view(K, w, 1) < k_sets.view(K, 1, w)
             mask = later if mask is None else mask.logical_or_(later)
-        bias = None
-        if mask is not None:
-            acc = torch.float64 if q.dtype == torch.float64 else torch.float32
-            bias = torch.zeros(K * w * w, 1, dtype=acc, device=q.device).masked_fill_(mask.view(-1, 1), float("-inf"))
-        layout = cached_layout(("routing", K, w, str(q.device)), lambda: _cluster_layout(K, w, q.device))
         qf, kf, vf = fold_heads(q), fold_heads(k), fold_heads(v)
-        out, lse = graph_attention(qf[q_tok.view(-1)], kf[k_tok.view(-1)], vf[k_tok.view(-1)], layout, bias=bias,
-                                   scale=1.0 / math.sqrt(D), dropout_p=dropout_p, return_lse=True)
+        rows = lambda t, idx: t.view(-1, D).index_select(0, idx.view(-1)).view(K, w, D)  # noqa: E731
+        out, lse = block_attention(rows(qf, q_tok), rows(kf, k_tok), rows(vf, k_tok), mask, 1.0 / math.sqrt(D),
+                                   dropout_p)
+        out, lse = out.view(K * w, 1, D), lse.view(K * w, 1)
         out, lse = merge_rows(out, lse, q_tok.view(-1), B * H * N)
         out = unfold_heads(attend_self_where_keyless(out, lse, vf, dropout_p), B, N, H)
         if not want_edges:

@@ -365,14 +365,11 @@ def test_top_members_without_ties_is_the_largest_values():
         assert torch.equal(_top_members(sim, w), ref)
 
 
-def test_one_plan_for_every_training_step(monkeypatch):
-    # The cluster layout is the same every forward: its plan is built once, though the clusters
-    # (and, in training, the centroids) change.
-    from collections import OrderedDict
+def test_no_graph_or_plan_built_in_training_steps(monkeypatch):
+    # Clusters are dense blocks attended by batched matmuls: though the clusters (and, in
+    # training, the centroids) change every step, no graph and no tiling plan is built.
+    from graphattn.nn import plan
 
-    from graphattn.nn import _routed, plan
-
-    monkeypatch.setattr(_routed, "_LAYOUTS", OrderedDict())
     builds = []
     real = plan._build_plan
     monkeypatch.setattr(plan, "_build_plan", lambda *a, **kw: builds.append(1) or real(*a, **kw))
@@ -380,4 +377,39 @@ def test_one_plan_for_every_training_step(monkeypatch):
     layer = RoutingAttention(16, 2, num_clusters=4, cluster_size=8, causal=True, ema_decay=0.5, seed=0)
     for _ in range(3):
         layer(torch.randn(2, 30, 16)).sum().backward()
-    assert len(builds) == 1
+    assert builds == []
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_block_attention_equals_the_engine_on_the_block_graph(dtype):
+    # Oracle: graph_attention over the block-diagonal graph with a -inf edge bias on the masked
+    # pairs; values, lse and the gradients through both (keyless rows included).
+    from graphattn import AttentionGraph
+    from graphattn.nn import graph_attention
+    from graphattn.nn._routed import block_attention
+
+    gen = torch.Generator().manual_seed(16)
+    K, T, S, D = 5, 6, 6, 4
+    q, k, v = (torch.randn(K, r, D, generator=gen, dtype=dtype, requires_grad=True) for r in (T, S, S))
+    mask = torch.rand(K, T, S, generator=gen) < 0.4
+    mask[1, 2] = True  # a keyless row
+    mask[3] = True  # a keyless block
+    out, lse = block_attention(q, k, v, mask, 0.7)
+    g_out, g_lse = torch.randn(K, T, D, generator=gen, dtype=dtype), torch.randn(K, T, generator=gen, dtype=torch.float64)
+    grads = torch.autograd.grad((out * g_out).sum() + (lse.masked_fill(torch.isinf(lse), 0) * g_lse).sum(), (q, k, v))
+    kb, qb, sb = torch.meshgrid(torch.arange(K), torch.arange(T), torch.arange(S), indexing="ij")
+    keep = ~mask
+    edge_index = torch.stack([(kb * S + sb)[keep], (kb * T + qb)[keep]])
+    graph = AttentionGraph.from_edge_index(edge_index, K * T)
+    ref, ref_lse = graph_attention(q.reshape(K * T, 1, D), k.reshape(K * S, 1, D), v.reshape(K * S, 1, D), graph,
+                                   scale=0.7, return_lse=True)
+    ref, ref_lse = ref.view(K, T, D), ref_lse.view(K, T).to(torch.float64)
+    ref_grads = torch.autograd.grad((ref * g_out).sum() + (ref_lse.masked_fill(torch.isinf(ref_lse), 0) * g_lse).sum(),
+                                    (q, k, v))
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out, ref, **tol)
+    assert torch.equal(torch.isinf(lse), torch.isinf(ref_lse)) and bool(torch.isinf(lse[3]).all())
+    torch.testing.assert_close(lse.to(torch.float64), ref_lse, **tol)
+    assert bool((out[3] == 0).all())
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, **tol)
