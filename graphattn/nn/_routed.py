@@ -3,10 +3,12 @@
 A content-based layer attends within *groups* chosen by content: the chunks of an LSH round
 (tokens sorted by bucket), the clusters of a routing head. Each group's members are gathered
 into a contiguous run of *slots*, so the graph over the slots is the same block layout every
-forward: it is built once, its tiling plan is cached on it, and one engine call
-(:func:`graphattn.nn.functional.graph_attention`, heads, rounds and clusters folded into the rows)
-runs every group of every sample and head. Content only changes which token sits in which slot
-(a gather) and a per-edge ``-inf`` bias (causal masking, duplicates).
+forward. LSH chunks (each attends itself and the previous chunk) use that layout: it is built
+once, its tiling plan is cached on it, and one engine call
+(:func:`graphattn.nn.functional.graph_attention`, heads and rounds folded into the rows) runs
+every chunk of every sample and head. Routing clusters are dense blocks, so they need no graph:
+:func:`block_attention` attends them all with batched matmuls. Content only changes which token
+sits in which slot (a gather) and a ``-inf`` mask (causal masking, duplicates).
 
 Several groups can hold the same (query, key) pair: LSH rounds, overlapping routing clusters.
 Every group is its own partial attention, returned with its log-sum-exp, and a token's partials
