@@ -16,7 +16,8 @@ import torch
 
 from graphattn._validate import check_bool, check_int
 from graphattn.distributed.attention import GraphAttention, resolve_plan
-from graphattn.distributed.exchange import all_gather_ints, group_info
+from graphattn.distributed._comm import all_gather_ints, group_info
+from graphattn.distributed.faults import records_failures
 from graphattn.distributed.partition import local_range
 from graphattn.graph import AttentionGraph
 from graphattn.models.encoder import GraphRule, SparseEncoder
@@ -101,6 +102,7 @@ class ShardedSparseEncoder(SparseEncoder):
             self._plan_cache[key] = plan
         return plan
 
+    @records_failures
     def forward(self, x: torch.Tensor, *, return_global: bool = False):
         return_global = check_bool("return_global", return_global)
         if not isinstance(x, torch.Tensor) or x.dim() not in (2, 3):

@@ -23,7 +23,7 @@ def dist_results():
     def get(world: int):
         if world not in cache:
             with tempfile.TemporaryDirectory(prefix="graphattn-test-") as tmp:
-                gd.spawn(dist_cases.worker, world, tmp, timeout_s=60)
+                gd.spawn(dist_cases.worker, world, tmp, timeout_s=60, deadline_s=600)
                 cache[world] = [torch.load(os.path.join(tmp, f"rank{r}.pt")) for r in range(world)]
         return cache[world]
 

@@ -1,6 +1,8 @@
 """Sharded attention on 2 and 4 gloo processes equals single-process attention on the whole
-graph: outputs, q/k/v gradients and edge-bias gradients; layer outputs, input and parameter
-gradients. Also checked against an independent dense float64 oracle."""
+graph under every plan (queries moved where smaller, keys only, queries moved everywhere):
+outputs, q/k/v gradients, edge-bias gradients and attention weights; layer outputs, input and
+parameter gradients (relative bias, per-head layouts, folded batches). Also checked against an
+independent dense float64 oracle."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import functools
 
 import pytest
 import torch
-from dist_cases import CASES, LAYER_CASES, inputs, layer_setup
+from dist_cases import CASES, LAYER_CASES, PLANS, inputs, layer_setup
 from reference import dense_attention, dense_bias
 
 from graphattn import distributed as gd
@@ -23,9 +25,9 @@ def _reference(name):
     g, q, k, v, w, bias = inputs(name)
     q, k, v = (t.clone().requires_grad_() for t in (q, k, v))
     b = None if bias is None else bias.clone().requires_grad_()
-    out = local_attention(q, k, v, g, bias=b)
+    out, weights = local_attention(q, k, v, g, bias=b, return_attention_weights=True)
     (out * w).sum().backward()
-    return g, out.detach(), q.grad, k.grad, v.grad, None if b is None else b.grad
+    return g, out.detach(), q.grad, k.grad, v.grad, None if b is None else b.grad, weights
 
 
 def _dense_oracle(g, q, k, v, bias):
@@ -46,34 +48,61 @@ def _cat(results, case, key):
 
 
 @pytest.mark.parametrize("world", WORLDS)
+@pytest.mark.parametrize("plan", PLANS)
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_outputs_and_gradients_equal_single_process(dist_results, world, name):
+def test_outputs_and_gradients_equal_single_process(dist_results, world, name, plan):
     results = dist_results(world)
-    g, out, dq, dk, dv, dbias = _reference(name)
-    torch.testing.assert_close(_cat(results, name, "out"), out, **TOL)
-    torch.testing.assert_close(_cat(results, name, "dq"), dq, **TOL)
-    torch.testing.assert_close(_cat(results, name, "dk"), dk, **TOL)
-    torch.testing.assert_close(_cat(results, name, "dv"), dv, **TOL)
+    case = (name, plan)
+    g, out, dq, dk, dv, dbias, weights = _reference(name)
+    torch.testing.assert_close(_cat(results, case, "out"), out, **TOL)
+    torch.testing.assert_close(_cat(results, case, "dq"), dq, **TOL)
+    torch.testing.assert_close(_cat(results, case, "dk"), dk, **TOL)
+    torch.testing.assert_close(_cat(results, case, "dv"), dv, **TOL)
+    torch.testing.assert_close(_cat(results, case, "weights"), weights, **TOL)
     if dbias is not None:
-        torch.testing.assert_close(_cat(results, name, "dbias"), dbias, **TOL)
+        torch.testing.assert_close(_cat(results, case, "dbias"), dbias, **TOL)
     # and against the independent dense oracle
     _, q, k, v, _, bias = inputs(name)
-    torch.testing.assert_close(_cat(results, name, "out"), _dense_oracle(g, q, k, v, bias), **TOL)
+    torch.testing.assert_close(_cat(results, case, "out"), _dense_oracle(g, q, k, v, bias), **TOL)
 
 
 @pytest.mark.parametrize("world", WORLDS)
-@pytest.mark.parametrize("name", sorted(LAYER_CASES))
-def test_layer_equals_single_process_layer(dist_results, world, name):
+def test_the_plans_differ_where_they_should(dist_results, world):
     results = dist_results(world)
+    moved = lambda name, plan: [bool(r[(name, plan)]["moves"].any()) for r in results]  # noqa: E731
+    # The halo-only plan never moves queries; the "queries" plan moves them from every rank
+    # whose rows name another rank's keys.
+    assert not any(any(moved(name, "keys")) for name in CASES)
+    assert all(moved("band", "queries")) and not any(moved("band", "default"))
+    # Global rows move by default: Longformer's global tokens 0 and 18 from rank 0, the global
+    # rows 0, 1 (rank 0) and 30; ETC's 2 global nodes (last rank) at 2 ranks, where they name 12
+    # keys of rank 0, not at 4 (6 keys a rank: moving 2 rows would not halve the traffic).
+    assert moved("longformer", "default")[0] and moved("global_rows", "default")[0]
+    assert moved("etc", "default")[-1] == (world == 2)
+    # every moved query row comes back as one partial result
+    for plan in ("default", "queries"):
+        got = [r[("global_rows", plan)] for r in results]
+        assert got[0]["partials"] > 0
+        assert sum(r["queries"] for r in got) == sum(r["partials"] for r in got)
+
+
+@pytest.mark.parametrize("world", WORLDS)
+@pytest.mark.parametrize("plan", ["default", "queries"])
+@pytest.mark.parametrize("name", sorted(LAYER_CASES))
+def test_layer_equals_single_process_layer(dist_results, world, name, plan):
+    results = [r[(name, plan)] for r in dist_results(world)]
     g, layer, x, w = layer_setup(name)
     x = x.clone().requires_grad_()
-    out = layer(x, g)
+    out, weights = layer(x, g, return_attention_weights=True)
     (out * w).sum().backward()
     dim = 0 if x.dim() == 2 else 1
-    torch.testing.assert_close(torch.cat([r[name]["out"] for r in results], dim), out.detach(), **TOL)
-    torch.testing.assert_close(torch.cat([r[name]["dx"] for r in results], dim), x.grad, **TOL)
+    torch.testing.assert_close(torch.cat([r["out"] for r in results], dim), out.detach(), **TOL)
+    torch.testing.assert_close(torch.cat([r["dx"] for r in results], dim), x.grad, **TOL)
+    torch.testing.assert_close(torch.cat([r["weights"] for r in results], dim), weights, **TOL)
+    if plan == "queries":
+        assert any(bool(r["moves"].any()) for r in results)
     for pname, p in layer.named_parameters():
-        total = sum(r[name]["grads"][pname] for r in results)  # each rank's share of the gradient
+        total = sum(r["grads"][pname] for r in results)  # each rank's share of the gradient
         torch.testing.assert_close(total, p.grad, **TOL, msg=f"{name}: {pname}")
 
 
@@ -108,21 +137,24 @@ def test_uneven_split_and_empty_rank_are_exercised():
 def test_ranks_without_remote_needs(dist_results, world):
     results = dist_results(world)
     # block_local with blocks aligned to the shards: nobody receives or sends anything
-    assert [r["block_aligned"]["num_received"] for r in results] == [0] * world
-    assert [r["block_aligned"]["num_sent"] for r in results] == [0] * world
+    for plan in PLANS:
+        assert [r[("block_aligned", plan)]["num_received"] for r in results] == [0] * world
+        assert [r[("block_aligned", plan)]["num_sent"] for r in results] == [0] * world
+        assert [r[("block_aligned", plan)]["queries"] for r in results] == [0] * world
     # causal band: rank 0 needs nothing but still serves rank 1
-    assert results[0]["band_causal"]["num_received"] == 0
-    assert results[0]["band_causal"]["num_sent"] > 0 and results[1]["band_causal"]["num_received"] > 0
+    assert results[0][("band_causal", "keys")]["num_received"] == 0
+    assert results[0][("band_causal", "keys")]["num_sent"] > 0
+    assert results[1][("band_causal", "keys")]["num_received"] > 0
 
 
 def test_global_rows_are_broadcast_at_four_ranks(dist_results):
     results = dist_results(4)
-    # Longformer's global tokens 0 and 18 are needed by every other rank: broadcast by their owners
-    assert results[0]["longformer"]["bcast"] >= 1 and results[1]["longformer"]["bcast"] >= 1
+    # Longformer's global tokens 0 and 18 are keys every other rank needs: broadcast by their owners
+    assert results[0][("longformer", "keys")]["bcast"] >= 1 and results[1][("longformer", "keys")]["bcast"] >= 1
     # a band has no row every rank needs
-    assert all(r["band"]["bcast"] == 0 for r in results)
+    assert all(r[("band", "keys")]["bcast"] == 0 for r in results)
     # two ranks never broadcast (an all-to-all row is as cheap)
-    assert all(r[name]["bcast"] == 0 for r in dist_results(2) for name in CASES)
+    assert all(r[key]["bcast"] == 0 for r in dist_results(2) for key in r if isinstance(key, tuple) and key[0] in CASES)
 
 
 # ---------------------------------------------------------------- single process (no group)
