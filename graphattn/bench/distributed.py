@@ -8,7 +8,9 @@ per step. Two plans per pattern and world size: **keys** (every remote key moves
 queries: the halo exchange alone, the plan before queries could move) and **plan** (rows that
 name many keys of a rank move there instead: :func:`graphattn.distributed.move_thresholds`). Bytes for
 ``H`` heads of ``D`` fp32 values (keys and values ``2D``, queries ``D``, partial results
-``D + 1`` a row), no edge bias. The forward's bytes are compared with the rank's own q/k/v
+``D + 1`` a row; a row moved to every rank gets its parts as one sum, by a reduce, and every
+rank one maximum a head for it), no edge bias; every collective counts one copy of its result
+per rank it reaches. The forward's bytes are compared with the rank's own q/k/v
 bytes (``3 D`` a row); the backward brings back the gradients of what the rank sent.
 
 **Measured**: ``world`` gloo processes on this machine run the sharded attention forward and
@@ -57,7 +59,7 @@ def traffic(pattern: str, n: int, worlds, *, H: int = 4, D: int = 64, chunk: int
         for W in sorted(stats):
             s = stats[W]
             unit = H * 4  # bytes per value per row, all heads, fp32
-            fwd = (s["kv"] * 2 * D + s["queries"] * D + s["partials"] * (D + 1)) * unit
+            fwd = (s["kv"] * 2 * D + s["queries"] * D + s["partials"] * (D + 1) + s["maxima"]) * unit
             bwd = (s["kv_back"] * 2 * D + s["partials"] * D + s["queries"] * (D + 1)) * unit
             qkv = s["local"] * 3 * D * unit
             ratio = torch.where(qkv > 0, fwd / qkv.clamp(min=1), torch.zeros(W, dtype=torch.float64))

@@ -5,10 +5,11 @@ from __future__ import annotations
 import contextlib
 
 import torch
+import torch.distributed as dist
 
 from graphattn._validate import renamed_parameters
 from graphattn.distributed._comm import all_gather_ints, group_info
-from graphattn.distributed.faults import records_failures
+from graphattn.distributed.faults import collective, records_failures
 from graphattn.distributed.merge import merge_rows
 from graphattn.distributed.partition import local_range
 from graphattn.distributed.plan import ShardPlan, shard_plan
@@ -179,7 +180,8 @@ def _zeros_if_none(g, like_shape, like):
 class _ShardedStep(torch.autograd.Function):
     """One sharded attention step as a single autograd node: the forward runs the routes'
     collectives and the local parts (recording the parts' own autograd graphs), the backward
-    runs the reversed collectives in one fixed order (partials, queries, edge bias, halo) on
+    runs the reversed collectives in one fixed order (partials, broadcast rows, queries, edge
+    bias, halo) on
     every rank, whatever each rank's local work, so they always match."""
 
     @staticmethod
@@ -213,8 +215,8 @@ class _ShardedStep(torch.autograd.Function):
                                             dropout_p, want_weights)
                 parts += [(out_p, None), (lse_p, None)]
         out = out_h.detach().clone()
-        lse = lse_h.detach()
-        merge = None
+        lse = lse_h.detach().clone()
+        merge, blocks = None, []
         if sc is not None:
             payload = torch.cat([out_p.detach().to(acc), lse_p.detach().to(acc)[..., None]], dim=-1)
             recv = route_forward(payload, sc.partials, group, "partial results")
@@ -225,16 +227,16 @@ class _ShardedStep(torch.autograd.Function):
                 seg = torch.cat([torch.arange(sc.rows.numel(), device=q.device), sc.partial_row])
                 m_out, m_lse = merge_rows(o, s, seg, sc.rows.numel())
             out[sc.rows] = m_out.detach().to(out.dtype)
-            lse = lse.clone()
             lse[sc.rows] = m_lse.detach()
             merge = (m_out, mine)
+            blocks = _merge_broadcast_rows(plan, group, out_h, lse_h, out_p, lse_p, out, lse, acc, need)
         weights = None
         if want_weights:
             weights = _weights(plan, group, w_h, lse_h.detach(), lse, w_p if sc is not None else None,
-                               recv[..., -1] if sc is not None else None, q)
+                               lse_p.detach() if sc is not None else None, q)
         if need:
             ctx.plan, ctx.group, ctx.D, ctx.acc = plan, group, D, acc
-            ctx.leaves, ctx.parts, ctx.merge = leaves, parts, merge
+            ctx.leaves, ctx.parts, ctx.merge, ctx.blocks = leaves, parts, merge, blocks
             ctx.shapes = [(t.shape, t.dtype) for t in (q, k, v)]
         weights = out.new_zeros(0) if weights is None else weights
         ctx.mark_non_differentiable(weights)
@@ -259,8 +261,10 @@ class _ShardedStep(torch.autograd.Function):
             d_lse_h = torch.zeros_like(lse_h)
             d_lse_h[sc.rows] = _zeros_if_none(d_lh, l_lh.shape, l_lh).to(lse_h.dtype)
             (out_p, _), (lse_p, _) = ctx.parts[2:]
-            pairs += [(lse_h, d_lse_h), (out_p, d_payload[..., :-1].to(out_p.dtype)),
-                      (lse_p, d_payload[..., -1].to(lse_p.dtype))]
+            d_out_p = d_payload[..., :-1].to(out_p.dtype)
+            d_lse_p = d_payload[..., -1].to(lse_p.dtype)
+            _merge_broadcast_rows_backward(plan, group, ctx.blocks, grad_out, g, d_lse_h, d_out_p, d_lse_p, acc)
+            pairs += [(lse_h, d_lse_h), (out_p, d_out_p), (lse_p, d_lse_p)]
         pairs.append((out_h, g))
         pairs = [(t, d) for t, d in pairs if t.requires_grad]
         inputs = [t for t in ctx.leaves if t is not None and t.requires_grad]
@@ -292,20 +296,102 @@ class _ShardedStep(torch.autograd.Function):
         return dq, dk, dv, dbias, dtable, None, None, None, None, None, None
 
 
-def _weights(plan, group, w_h, lse_h, lse, w_p, lse_parts, q):
+def _contribution(o, lse, top):
+    """``[e * o, e]`` with ``e = exp(lse - top)`` (0 where ``lse = -inf``): a partial attention
+    as a term of the sums that broadcast rows are merged by."""
+    live = lse > float("-inf")
+    e = torch.where(live, torch.exp(torch.where(live, lse, torch.zeros_like(lse)) - top), torch.zeros_like(lse))
+    return torch.cat([e[..., None] * o, e[..., None]], dim=-1)
+
+
+def _merge_broadcast_rows(plan, group, out_h, lse_h, out_p, lse_p, out, lse, acc, need):
+    """Merge the rows the query route broadcast (rows every rank computes a part of, such as
+    global rows) by two collectives per broadcasting rank instead of ``world_size - 1`` partial
+    results: an all-reduce of the parts' maximum log-sum-exp ``m``, then a reduce of the sums
+    ``sum_p [e_p o_p, e_p]``, ``e_p = exp(l_p - m)``, to the row's owner, which sets
+    ``out = sum e_p o_p / sum e_p`` and ``lse = m + log sum e_p`` (the log-sum-exp rule;
+    ``m`` cancels, so it is a constant of the gradient). Writes ``out``, ``lse`` of the owner's
+    rows; returns what the backward needs."""
+    sc = plan.scatter
+    route = sc.queries
+    blocks, lo = [], 0
+    for src, count in enumerate(route.bcast_counts):
+        if not count:
+            continue
+        owner = src == route.rank
+        if owner:
+            where = route.bcast_index
+            o, l_ = out_h[where], lse_h[where]
+        else:
+            where = route.bcast_pos[lo:lo + count]
+            lo += count
+            o, l_ = out_p[where], lse_p[where]
+        lo_leaf, ll_leaf = _leaf(o.to(acc), need), _leaf(l_.to(acc), need)
+        top = ll_leaf.detach().clone()
+        with collective(f"broadcast rows of rank {route.global_ranks[src]}: all_reduce", group):
+            dist.all_reduce(top, op=dist.ReduceOp.MAX, group=group)
+        top = torch.where(torch.isinf(top), torch.zeros_like(top), top)
+        with torch.enable_grad() if need else contextlib.nullcontext():
+            c = _contribution(lo_leaf, ll_leaf, top)
+        total = c.detach().clone()
+        with collective(f"broadcast rows of rank {route.global_ranks[src]}: reduce", group):
+            dist.reduce(total, dst=route.global_ranks[src], op=dist.ReduceOp.SUM, group=group)
+        merged = leaf = None
+        if owner:
+            leaf = _leaf(total, need)
+            with torch.enable_grad() if need else contextlib.nullcontext():
+                S = leaf[..., -1]
+                has = S > 0
+                safe = torch.where(has, S, torch.ones_like(S))
+                merged = leaf[..., :-1] / safe[..., None]
+            out[where] = merged.detach().to(out.dtype)
+            lse[where] = torch.where(has, top + torch.log(safe), torch.full_like(S, float("-inf"))).to(lse.dtype)
+        blocks.append((src, where, c, lo_leaf, ll_leaf, leaf, merged))
+    return blocks
+
+
+def _merge_broadcast_rows_backward(plan, group, blocks, grad_out, g, d_lse_h, d_out_p, d_lse_p, acc):
+    """The adjoint of :func:`_merge_broadcast_rows`: the owner's gradient of the sums goes to
+    every rank by a broadcast (the adjoint of the reduce), each rank backpropagates its term.
+    Adds into ``g`` / ``d_lse_h`` (owner's rows) and ``d_out_p`` / ``d_lse_p`` (parts)."""
+    route = plan.scatter.queries
+    for src, where, c, lo_leaf, ll_leaf, leaf, merged in blocks:
+        owner = src == route.rank
+        if owner:
+            (d_total,) = torch.autograd.grad(merged, leaf, grad_out[where].to(acc))
+            buf = d_total.contiguous()
+        else:
+            buf = c.new_empty(c.shape)
+        with collective(f"broadcast rows of rank {route.global_ranks[src]} (backward): broadcast", group):
+            dist.broadcast(buf, src=route.global_ranks[src], group=group)
+        d_o, d_l = torch.autograd.grad(c, [lo_leaf, ll_leaf], buf, allow_unused=True)
+        d_o = _zeros_if_none(d_o, lo_leaf.shape, lo_leaf)
+        d_l = _zeros_if_none(d_l, ll_leaf.shape, ll_leaf)
+        if owner:
+            g[where] = d_o.to(g.dtype)
+            d_lse_h[where] = d_lse_h[where] + d_l.to(d_lse_h.dtype)
+        else:
+            d_out_p[where] = d_out_p[where] + d_o.to(d_out_p.dtype)
+            d_lse_p[where] = d_lse_p[where] + d_l.to(d_lse_p.dtype)
+
+
+def _weights(plan, group, w_h, lse_h, lse, w_p, lse_p, q):
     """This rank's edge weights ``[E_local, H]``: each part's weights rescaled from its own
-    log-sum-exp to the merged one (a moved edge's weights come back along the edge route)."""
+    log-sum-exp to the merged one. The merged log-sum-exps of moved rows travel the query route
+    to the ranks that computed their parts, which rescale there and send the weights back along
+    the edge route."""
     E = plan.graph.num_edges
     w = w_h.new_zeros((E, w_h.shape[1]))
     qh = plan.halo_index[1]
     w[plan.halo_edges] = w_h * torch.exp(lse_h[qh] - lse[qh]).to(w_h.dtype)
     sc = plan.scatter
     if sc is not None:
+        merged = route_forward(lse.contiguous(), sc.queries, group, "log-sum-exps for the weights")
+        qp = sc.index[1]
+        w_p = w_p * torch.exp(lse_p[qp] - merged[qp]).to(w_p.dtype)
         back = route_backward(w_p, sc.edge_route, group, "attention weights")  # [E, H], moved edges filled
-        rows = plan.graph.edge_index[1][sc.edges] - plan.start
-        scale = torch.exp(lse_parts[sc.edge_partial] - lse[rows]).to(w.dtype)
-        w[sc.edges] = back[sc.edges] * scale
-    # A keyless row's weights are empty; exp(-inf - -inf) never reaches an edge.
+        w[sc.edges] = back[sc.edges]
+    # A keyless row has no edges: exp(-inf - -inf) never reaches a weight.
     return w.to(q.dtype)
 
 

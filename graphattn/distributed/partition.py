@@ -130,8 +130,8 @@ def key_demand(graph: AttentionGraph, num_nodes: int, world_size: int) -> dict:
     a rule's ``queries=`` build; edges sorted by (query, key), as every AttentionGraph's are).
     Returns a dict of int64 tensors:
 
-    - ``row_rank``, ``row_count`` ``[P]``: each (query row, rank) pair with edges, as the rank
-      owning the keys and how many of its keys the row names;
+    - ``row_query``, ``row_rank``, ``row_count`` ``[P]``: each (query row, rank) pair with
+      edges, as the query, the rank owning the keys and how many of its keys the row names;
     - ``keys``, ``key_rank``, ``key_min`` ``[K]``: each distinct key, its owner and the smallest
       ``row_count`` among the rows naming it (the key is needed by the halo as long as one of
       those rows stays);
@@ -147,12 +147,25 @@ def key_demand(graph: AttentionGraph, num_nodes: int, world_size: int) -> dict:
         raise TypeError(f"expected graph to be an AttentionGraph, got {type(graph).__name__}")
     world_size = check_int("world_size", world_size, minimum=1)
     key, query = graph.edge_index.to("cpu")
-    return demand_of_edges(key, query, torch.unique(key, return_inverse=True), num_nodes, world_size)
+    return demand_of_edges(key, query, unique_ids(key, num_nodes), num_nodes, world_size)
+
+
+def unique_ids(ids: torch.Tensor, num_nodes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.unique(ids, return_inverse=True)`` for node ids in ``[0, num_nodes)``, by a mark
+    per node instead of a sort (O(E + n): the planning tool calls it on millions of edges).
+
+    >>> [t.tolist() for t in unique_ids(torch.tensor([5, 1, 5, 3]), 8)]
+    [[1, 3, 5], [2, 0, 2, 1]]
+    """
+    seen = torch.zeros(num_nodes, dtype=torch.bool)
+    seen[ids] = True
+    position = torch.cumsum(seen, 0) - 1
+    return torch.nonzero(seen).flatten(), position[ids]
 
 
 def demand_of_edges(key, query, unique_keys, num_nodes: int, world_size: int) -> dict:
-    """:func:`key_demand` of sorted edges, given ``torch.unique(key, return_inverse=True)``
-    (which does not depend on the world size: computed once for several)."""
+    """:func:`key_demand` of sorted edges, given :func:`unique_ids` of the keys (which does not
+    depend on the world size: computed once for several)."""
     owner = owner_of(key, num_nodes, world_size)
     # Within a query the keys ascend, so their owners do: a (query, owner) pair is a run.
     first = torch.ones(key.numel(), dtype=torch.bool)
@@ -164,13 +177,13 @@ def demand_of_edges(key, query, unique_keys, num_nodes: int, world_size: int) ->
     keys, inverse = unique_keys
     key_min = torch.full((keys.numel(),), NEVER, dtype=torch.int64).scatter_reduce(
         0, inverse, edge_count, "amin")
-    return {"row_rank": owner[first], "row_count": run_len, "keys": keys,
+    return {"row_rank": owner[first], "row_count": run_len, "row_query": query[first], "keys": keys,
             "key_rank": owner_of(keys, num_nodes, world_size),
             "key_min": key_min, "edge_count": edge_count}
 
 
 def move_thresholds(row_rank: torch.Tensor, row_count: torch.Tensor, key_rank: torch.Tensor,
-                    key_min: torch.Tensor, world_size: int, rank: int, *, query_cost: int = 2) -> torch.Tensor:
+                    key_min: torch.Tensor, world_size: int, rank: int, *, query_cost: int = 1) -> torch.Tensor:
     """Which query rows rank ``rank`` sends to each rank: ``[world_size]`` int64 thresholds; a
     row moves to rank ``s`` (its partial attention over the keys of ``s`` is computed there and
     comes back) when it names at least ``t[s]`` keys of ``s``; :data:`NEVER` where none moves.
@@ -178,13 +191,13 @@ def move_thresholds(row_rank: torch.Tensor, row_count: torch.Tensor, key_rank: t
     Rule: for each rank ``s`` the threshold minimises the rows that cross between the two
     ranks, ``query_cost * rows moved + keys moved`` (the rows sent to ``s``; the distinct keys of
     ``s`` that the remaining rows still name), and rows move only when that at most halves what
-    moving every key costs (``t = NEVER``). A moved row costs about ``D + Dv + 1`` values each
-    way (query out, partial output and log-sum-exp back), a moved key ``D + Dv``; the factor
-    ``query_cost = 2`` and the halving keep the plain halo exchange wherever moving rows would
-    save little for the extra exchanges. Global rows (a row that names every key of ``s``) and
-    BP-Transformer's span nodes (rows naming four or more tokens each, none shared) move; band,
-    window and random neighbourhoods (about one distinct key per row, shared by neighbouring
-    rows) do not. The inputs are :func:`key_demand`'s.
+    moving every key costs (``t = NEVER``). A moved row costs ``D + Dv + 1`` values each way
+    (query out, partial output and log-sum-exp back), a moved key ``D + Dv``: about the same,
+    hence ``query_cost = 1``; the halving keeps the plain halo exchange wherever moving rows
+    would save little for the extra exchanges. Global rows (a row that names every key of
+    ``s``) and BP-Transformer's span nodes (rows naming two or more tokens each, none shared)
+    move; band, window and random neighbourhoods (about one distinct key per row, shared by
+    neighbouring rows) do not. The inputs are :func:`key_demand`'s.
 
     >>> d = key_demand(__import__("graphattn").rules.global_tokens(8, global_indices=[0],
     ...                queries=range(0, 4)), 8, 2)

@@ -62,10 +62,13 @@ class ScatterPlan:
         queries: :class:`Route` of the query rows to the ranks owning their keys.
         edge_route: :class:`Route` of per-edge values (the bias) of ``edges`` to those ranks.
         partials: :class:`Route` that brings the partial results (``[P]`` rows, grouped by the
-            rank that computed them, then by query) back to this rank.
-        rows: ``[M]`` local rows that receive partials (sorted); partial_row: ``[P]`` index into
-            ``rows`` of each received partial; edge_partial: ``[E_s]`` the received partial each
-            of ``edges`` belongs to.
+            rank that computed them, then by query) back to this rank: the adjoint of the query
+            route's all-to-all. The rows the query route broadcasts (sent to every rank, such as
+            global rows) come back instead as one sum per row, by a ``reduce`` (see
+            :mod:`graphattn.distributed.attention`): ``queries.bcast_index`` on their owner,
+            ``queries.bcast_pos`` on the others.
+        rows: ``[M]`` local rows that receive partials by the all-to-all (sorted); partial_row:
+            ``[P]`` index into ``rows`` of each received partial.
     As the owner of keys:
         query_ids: ``[num_queries]`` sorted global ids of the queries computed here for others.
         index: ``[2, E_in]`` their edges: (local key row, position in ``query_ids``), sorted.
@@ -79,7 +82,6 @@ class ScatterPlan:
     partials: Route
     rows: torch.Tensor
     partial_row: torch.Tensor
-    edge_partial: torch.Tensor
     query_ids: torch.Tensor
     index: torch.Tensor
     head_mask: torch.Tensor | None
@@ -160,8 +162,11 @@ class ShardPlan:
 
     @property
     def num_received_partials(self) -> int:
-        """Partial results (output and log-sum-exp rows) this rank receives per step."""
-        return 0 if self.scatter is None else self.scatter.partials.num_received
+        """Partial results (output and log-sum-exp rows) this rank receives per step: one per
+        (query row, rank) of its all-to-all rows, one sum per broadcast row."""
+        if self.scatter is None:
+            return 0
+        return self.scatter.partials.num_received + self.scatter.queries.bcast_index.numel()
 
     @property
     def num_received_edges(self) -> int:
@@ -173,25 +178,34 @@ class ShardPlan:
         """Key/value rows this rank puts on the wire per step (all-to-all copies plus broadcast rows)."""
         return self.halo.num_sent
 
+    @property
+    def num_received_maxima(self) -> int:
+        """Row maxima of the log-sum-exps this rank receives per step: one per head and
+        broadcast query row of the group (the all-reduce that scales their partial sums)."""
+        return 0 if self.scatter is None else sum(self.scatter.queries.bcast_counts)
+
     def received_bytes(self, heads: int, head_dim: int, value_dim: int | None = None, *,
                        itemsize: int = 4, bias: bool = False) -> tuple[int, int]:
         """Bytes this rank receives per step, ``(forward, backward)``.
 
         Forward: key/value rows (``head_dim + value_dim`` values a head), query rows
-        (``head_dim``), partial results (``value_dim + 1``: output and log-sum-exp) and, with
-        ``bias``, one value a head per moved edge. Backward: the gradients of what this rank
-        sent, which come back the same way (a broadcast row's gradient counted once per rank it
-        reached, as if no reduction tree summed them on the way). ``itemsize``: 4 for fp32.
+        (``head_dim``), partial results (``value_dim + 1``: output and log-sum-exp; a broadcast
+        row's partials as one sum), the maxima of the broadcast rows and, with ``bias``, one
+        value a head per moved edge. Backward: the gradients of what this rank sent, which come
+        back the same way. Every collective counts as one copy of its result for each rank it
+        reaches (a broadcast row's gradients come back summed by a reduce: one copy to its
+        owner), the volume of ring and pipelined-tree algorithms. ``itemsize``: 4 for fp32.
         """
         D, Dv, H = head_dim, head_dim if value_dim is None else value_dim, heads
-        fwd = self.num_received * (D + Dv) + self.num_received_queries * D + self.num_received_partials * (Dv + 1)
-        bwd = self.halo.num_copies_sent * (D + Dv)
+        fwd = (self.num_received * (D + Dv) + self.num_received_queries * D
+               + self.num_received_partials * (Dv + 1) + self.num_received_maxima)
+        bwd = self.halo.num_returned * (D + Dv)
         if self.scatter is not None:
             sc = self.scatter
-            bwd += sc.queries.num_copies_sent * D + sc.partials.num_copies_sent * (Dv + 1)
+            bwd += sc.queries.num_returned * D + self.num_received_queries * (Dv + 1)
             if bias:
                 fwd += sc.edge_route.num_received
-                bwd += sc.edge_route.num_copies_sent
+                bwd += sc.edge_route.num_returned
         return fwd * H * itemsize, bwd * H * itemsize
 
     @property
@@ -418,11 +432,7 @@ def _plan_scatter(local, owner, scattered, start, stop, n, rank, world, granks, 
     edges = edges[order]
     e_owner, e_key, e_query = owner[edges], key[edges], query[edges]
     first = _runs(e_owner * (num_local + 1) + (e_query - start))
-    edge_partial = torch.cumsum(first, 0) - 1  # the (owner, query) pair, i.e. the partial, of each edge
     p_rows, p_dest = e_query[first] - start, e_owner[first]  # queries sent, by destination
-    p_counts = torch.bincount(p_dest, minlength=world)  # partials coming back from each rank
-    rows = torch.unique(p_rows)
-    partial_row = torch.searchsorted(rows, p_rows)
 
     # Query rows: those every other rank needs go by broadcast.
     q_send, q_dest, qb_index, qb_counts, qb_in = plan_broadcasts(
@@ -465,16 +475,17 @@ def _plan_scatter(local, owner, scattered, start, stop, n, rank, world, granks, 
         recv_pos=torch.arange(num_in), bcast_counts=(0,) * world, bcast_index=torch.empty(0, dtype=torch.int64),
         bcast_pos=torch.empty(0, dtype=torch.int64), active=True,
     )
-    # Partial results go back to the queries' owners: query_ids ascend, so by owner.
-    back = torch.bincount(owner_of(query_ids, n, world), minlength=world)
+    # Partial results of the all-to-all rows go back the way their queries came; a broadcast
+    # row's partials are summed on the way back (a reduce), not sent one by one.
+    rows = torch.unique(q_send)
     partials = Route(
         rank=rank, world_size=world, global_ranks=tuple(granks), num_in=query_ids.numel(),
-        num_out=p_rows.numel(), keep_index=torch.empty(0, dtype=torch.int64),
-        keep_pos=torch.empty(0, dtype=torch.int64), send_index=torch.arange(query_ids.numel()),
-        send_counts=tuple(back.tolist()), recv_counts=tuple(p_counts.tolist()), recv_pos=torch.arange(p_rows.numel()),
+        num_out=q_send.numel(), keep_index=torch.empty(0, dtype=torch.int64),
+        keep_pos=torch.empty(0, dtype=torch.int64), send_index=queries.recv_pos,
+        send_counts=queries.recv_counts, recv_counts=queries.send_counts, recv_pos=torch.arange(q_send.numel()),
         bcast_counts=(0,) * world, bcast_index=torch.empty(0, dtype=torch.int64),
         bcast_pos=torch.empty(0, dtype=torch.int64), active=True,
     )
     return ScatterPlan(edges=edges, queries=queries, edge_route=edge_route, partials=partials, rows=rows,
-                       partial_row=partial_row, edge_partial=edge_partial, query_ids=query_ids, index=index,
+                       partial_row=torch.searchsorted(rows, q_send), query_ids=query_ids, index=index,
                        head_mask=head_mask, relative=relative)

@@ -80,10 +80,10 @@ class Route:
         return sum(self.send_counts) + self.bcast_index.numel()
 
     @property
-    def num_copies_sent(self) -> int:
-        """Row copies this rank's rows reach other ranks in (a broadcast row counts once per
-        receiver): the rows whose gradients come back in the backward."""
-        return sum(self.send_counts) + self.bcast_index.numel() * (self.world_size - 1)
+    def num_returned(self) -> int:
+        """Gradient rows this rank receives in the backward: one per all-to-all copy it sent,
+        one (the sum, by a reduce) per broadcast row."""
+        return sum(self.send_counts) + self.bcast_index.numel()
 
     @property
     def device(self) -> torch.device:

@@ -79,7 +79,7 @@ def test_band_halo_is_independent_of_n():
 
 # ---------------------------------------------------------------- which rows move
 
-def _brute_thresholds(g, start, stop, world, rank, query_cost=2):
+def _brute_thresholds(g, start, stop, world, rank, query_cost=1):
     """Per rank s: try every threshold (and none) by counting rows and keys on the dense mask."""
     dense = g.to_dense()[start:stop]
     n = g.num_nodes

@@ -33,17 +33,28 @@ def _dense_counts(g, world, move_queries):
                 cols = dense[i] & (owner == s)
                 if s != r and int(cols.sum()) >= t[s]:
                     moved[i] |= cols
-    kv, queries, partials, edges = ([0] * world for _ in range(4))
+    kv, queries, partials, edges, kv_back = ([0] * world for _ in range(5))
+    asked = torch.zeros(n, dtype=torch.int64)  # ranks asking for each key
+    broadcast_rows = 0
     for r in range(world):
         span = gd.local_range(n, r, world)
-        halo = (dense[span.start:span.stop] & ~moved[span.start:span.stop]).any(0)
-        kv[r] = int((halo & (owner != r)).sum())
+        halo = (dense[span.start:span.stop] & ~moved[span.start:span.stop]).any(0) & (owner != r)
+        kv[r] = int(halo.sum())
+        asked += halo
+        for i in span:
+            to = [s for s in range(world) if (moved[i] & (owner == s)).any()]
+            for s in to:
+                queries[s] += 1
+            # a row moved to every other rank is broadcast: one summed partial comes back
+            everyone = world >= 3 and len(to) == world - 1
+            broadcast_rows += everyone
+            partials[r] += 1 if everyone else len(to)
         for s in range(world):
-            pairs = [i for i in span if (moved[i] & (owner == s)).any()]
-            partials[r] += len(pairs)
-            queries[s] += len(pairs)
             edges[s] += int((moved[span.start:span.stop] & (owner == s)).sum())
-    return kv, queries, partials, edges
+    for j in range(n):  # a key every other rank asks for is broadcast: its gradient comes back once
+        if asked[j]:
+            kv_back[int(owner[j])] += 1 if world >= 3 and asked[j] == world - 1 else int(asked[j])
+    return kv, queries, partials, edges, kv_back, broadcast_rows
 
 
 @pytest.mark.parametrize("make", [
@@ -63,13 +74,14 @@ def test_matches_dense_counts(make, move_queries):
     got = gd.plan_traffic(rule, g.num_nodes, worlds, chunk=4, move_queries=move_queries)
     assert sorted(got) == worlds
     for w in worlds:
-        kv, queries, partials, edges = _dense_counts(g, w, move_queries)
+        kv, queries, partials, edges, kv_back, broadcast_rows = _dense_counts(g, w, move_queries)
         t = got[w]
         assert t["kv"].tolist() == kv
         assert t["queries"].tolist() == queries
         assert t["partials"].tolist() == partials
         assert t["edges"].tolist() == edges
-        assert int(t["kv_back"].sum()) == sum(kv) and int(t["edges_back"].sum()) == sum(edges)
+        assert t["kv_back"].tolist() == kv_back and int(t["edges_back"].sum()) == sum(edges)
+        assert t["maxima"].tolist() == [broadcast_rows] * w
         assert t["local"].tolist() == [len(gd.local_range(g.num_nodes, r, w)) for r in range(w)]
 
 
@@ -79,7 +91,8 @@ def test_global_rows_stop_needing_the_whole_sequence():
     keys = gd.plan_traffic(rule, n, [w], move_queries=False)[w]
     plan = gd.plan_traffic(rule, n, [w])[w]
     assert int(keys["kv"][0]) == n - n // w  # the owner of the global row needs every key
-    assert int(plan["kv"][0]) == 8 and int(plan["partials"][0]) == w - 1  # its window, one partial a rank
+    # its window; the global row goes to every rank (a broadcast) and comes back as one sum
+    assert int(plan["kv"][0]) == 8 and int(plan["partials"][0]) == 1 and plan["maxima"].tolist() == [1] * w
     assert plan["queries"][1:].tolist() == [1] * (w - 1)
 
 
