@@ -7,7 +7,7 @@ import contextlib
 import torch
 import torch.distributed as dist
 
-from graphattn._validate import renamed_parameters
+from graphattn._validate import check_features, renamed_parameters
 from graphattn.distributed._comm import all_gather_ints, group_info
 from graphattn.distributed.faults import collective, records_failures
 from graphattn.distributed.merge import merge_rows
@@ -439,14 +439,8 @@ class GraphAttention(_layer.GraphAttention):
     def forward(self, x: torch.Tensor, graph, *, group=None, edge_bias: torch.Tensor | None = None,
                 return_attention_weights: bool = False):
         group = self.group if group is None else group
-        if not isinstance(x, torch.Tensor) or x.dim() not in (2, 3):
-            raise ValueError(f"expected x of shape [n_local, E] or [B, n_local, E], got "
-                             f"{list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
-        if x.shape[-1] != self.embed_dim:
-            raise ValueError(f"expected x with last dim embed_dim = {self.embed_dim}, got {x.shape[-1]}")
-        batched = x.dim() == 3
-        B = x.shape[0] if batched else 1
-        N, H, D = x.shape[-2], self.num_heads, self.head_dim
+        x, batched = check_features(x, self.embed_dim)  # x: [B, n_local, E]
+        B, N, H, D = x.shape[0], x.shape[1], self.num_heads, self.head_dim
         plan = resolve_plan(graph, N, group=group, device=x.device)
         q = self.q_proj(x).view(B, N, H, D)
         k = self.k_proj(x).view(B, N, H, D)

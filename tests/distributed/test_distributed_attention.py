@@ -224,3 +224,22 @@ def test_bad_input_errors():
         gd.graph_attention(q, q, q, functools.partial(rules.band, 7, radius=1))
     with pytest.raises(ValueError, match="embed_dim = 8"):
         gd.GraphAttention(8, 2)(torch.randn(6, 4), g)
+    with pytest.raises(ValueError, match=r"expected x of shape \[N, E\] or \[B, N, E\], got \[6\]"):
+        gd.GraphAttention(8, 2)(torch.randn(6), g)
+    with pytest.raises(TypeError, match="expected x to be a floating-point tensor, got dtype torch.int64"):
+        gd.GraphAttention(8, 2)(torch.ones(6, 8, dtype=torch.int64), g)
+    with pytest.raises(TypeError, match="expected x to be a torch.Tensor"):
+        gd.GraphAttention(8, 2)([[0.0] * 8] * 6, g)
+
+
+def test_encoder_bad_input_errors():
+    from graphattn.models import GraphRule
+
+    enc = gd.ShardedSparseEncoder(8, 2, graphs=[GraphRule(rules.band, radius=1)])
+    with pytest.raises(ValueError, match="expected x with last dim embed_dim = 8, got 4"):
+        enc(torch.randn(6, 4))
+    with pytest.raises(ValueError, match=r"expected x of shape \[N, E\] or \[B, N, E\], got \[1, 1, 6, 8\]"):
+        enc(torch.randn(1, 1, 6, 8))
+    with pytest.raises(TypeError, match="expected x to be a floating-point tensor"):
+        enc(torch.ones(6, 8, dtype=torch.int32))
+    assert enc(torch.randn(6, 8)).shape == (6, 8)  # no process group: one rank
