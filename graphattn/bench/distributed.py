@@ -83,7 +83,7 @@ def plan_table(ns, worlds, patterns, *, H: int = 4, D: int = 64) -> str:
                 rows.append([s["pattern"], f"{n:,}", f"{s['nodes']:,}", s["world"], s["plan"], f"{s['local']:,}",
                              s["moving"], f"{s['kv_max']:,}", f"{s['queries_max']:,}", f"{s['partials_max']:,}",
                              mib(s["fwd_mean"]), mib(s["fwd_max"]),
-                             f"{s['fwd_max'] / s['fwd_mean']:.2f}" if s["fwd_mean"] else "-",
+                             f"{s['fwd_max'] / s['fwd_mean']:.3f}" if s["fwd_mean"] else "-",
                              f"{s['ratio_median']:.3g}", f"{s['ratio_max']:.3g}", mib(s["step_max"])])
     return format_table(["pattern", "n", "nodes", "ranks W", "plan", "local rows", "ranks moving queries",
                          "kv rows recv max", "query rows recv max", "partials recv max", "fwd MiB mean",

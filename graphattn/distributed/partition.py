@@ -22,7 +22,7 @@ import torch
 from graphattn._validate import check_int
 from graphattn.graph import AttentionGraph
 
-__all__ = ["local_range", "owner_of", "remote_keys", "halo_sizes", "key_demand", "move_thresholds", "NEVER"]
+__all__ = ["local_range", "owner_of", "remote_keys", "halo_sizes", "key_demand", "unique_ids", "move_thresholds", "NEVER"]
 
 
 def local_range(n: int, rank: int, world_size: int) -> range:
