@@ -52,13 +52,12 @@ def build_parser(prog: str = "python -m graphattn.bench") -> ArgumentParser:
     a.add_argument("--floor", action="store_true",
                    help="measure the fp32 matmul rate in the same run and report each graphattn cell's time / FLOP floor")
     a.add_argument("--large", action="store_true", help="add n = 2^20 for graphattn (and its time / 16 x the 65,536 time)")
-    d = sub.add_parser("distributed", help="sequence-parallel halo plan per pattern and world size, and a measured gloo run")
+    d = sub.add_parser("distributed", help="sequence-parallel traffic per pattern and world size, and a measured gloo run")
     d.add_argument("--n", type=count, nargs="+", default=[2**20])
     d.add_argument("--world", type=count, nargs="+", default=[2, 8, 64, 1024])
     d.add_argument("--patterns", nargs="+", default=list(HALO_PATTERNS), choices=list(HALO_PATTERNS),
                    metavar="PATTERN",
                    help=f"subset of the patterns (default all: {', '.join(map(repr, HALO_PATTERNS))})")
-    d.add_argument("--max-ranks", type=int_at_least(2), default=16, help="ranks simulated per world size")
     d.add_argument("--heads", type=count, default=4)
     d.add_argument("--head-dim", type=count, default=64)
     d.add_argument("--measure", type=int_at_least(2), nargs="*", default=[2, 4],
@@ -127,13 +126,13 @@ def _run(args) -> int:
     if args.suite == "distributed":
         from graphattn.bench.distributed import measured_table, plan_table
 
-        print(f"torch {torch.__version__}; plan for {args.heads} heads x {args.head_dim} fp32 "
-              f"(keys + values), up to {args.max_ranks} simulated ranks per world size")
-        print(plan_table(args.n, args.world, args.patterns, H=args.heads,
-                         D=args.head_dim, max_ranks=args.max_ranks))
+        print(f"torch {torch.__version__}; every rank of every world size simulated; {args.heads} heads x "
+              f"{args.head_dim} fp32, bytes received per rank per step (keys: halo exchange only; "
+              f"plan: queries move where that is smaller)")
+        print(plan_table(args.n, args.world, args.patterns, H=args.heads, D=args.head_dim))
         if args.measure:
-            print(f"\nmeasured: band r=128, n={args.measure_n:,}, {args.heads} heads x {args.head_dim}, "
-                  f"fp32, forward+backward, medians of {args.repeats}")
+            print(f"\nmeasured: n={args.measure_n:,}, {args.heads} heads x {args.head_dim}, fp32, "
+                  f"forward+backward, medians of {args.repeats}")
             print(measured_table(args.measure, n=args.measure_n, H=args.heads, D=args.head_dim,
                                  repeats=args.repeats))
     if args.suite == "models":

@@ -14,9 +14,10 @@ from collections.abc import Sequence
 
 import torch
 
-from graphattn._validate import check_bool, check_int
+from graphattn._validate import check_bool, check_features, check_int
 from graphattn.distributed.attention import GraphAttention, resolve_plan
-from graphattn.distributed.exchange import all_gather_ints, group_info
+from graphattn.distributed._comm import all_gather_ints, group_info
+from graphattn.distributed.faults import records_failures
 from graphattn.distributed.partition import local_range
 from graphattn.graph import AttentionGraph
 from graphattn.models.encoder import GraphRule, SparseEncoder
@@ -101,13 +102,10 @@ class ShardedSparseEncoder(SparseEncoder):
             self._plan_cache[key] = plan
         return plan
 
+    @records_failures
     def forward(self, x: torch.Tensor, *, return_global: bool = False):
         return_global = check_bool("return_global", return_global)
-        if not isinstance(x, torch.Tensor) or x.dim() not in (2, 3):
-            raise ValueError(f"expected x of shape [n_local, E] or [B, n_local, E], got "
-                             f"{list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
-        if x.shape[-1] != self.embed_dim:
-            raise ValueError(f"expected x with last dim embed_dim = {self.embed_dim}, got {x.shape[-1]}")
+        check_features(x, self.embed_dim)  # [n_local, E] or [B, n_local, E]
         rank, world, _ = group_info(self.group)
         t_local = x.shape[-2]
         sizes = all_gather_ints(t_local, world, self.group) if world > 1 else [t_local]

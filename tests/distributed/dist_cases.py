@@ -3,7 +3,11 @@ module by name, so it must stay importable from ``tests/distributed``).
 
 Every rank rebuilds the same full inputs from fixed seeds, takes its shard, runs the sharded
 attention / layer / exchange and saves what it computed; the parent process compares the
-concatenated shards with single-process runs on the whole graph.
+concatenated shards with single-process runs on the whole graph. Each attention case runs
+under three plans: the default (queries move where that is smaller), ``keys`` (the halo
+exchange alone) and ``queries`` (every rank sends its queries to every rank whose keys they
+name: the moved-query machinery on every edge that crosses ranks, uneven and empty shards
+included).
 """
 
 from __future__ import annotations
@@ -33,6 +37,10 @@ CASES = {
                functools.partial(rules.random, 37, num_random_keys=5, seed=3), "rule", 2, 4, 3, True),
     "block_aligned": (lambda: rules.block_local(32, block_size=8), None, "graph", 1, 4, 3, False),
     "star": (lambda: rules.star_transformer(9), None, "graph", 2, 4, 3, False),
+    "etc": (lambda: rules.etc(22, num_global=2, radius=2), functools.partial(rules.etc, 22, num_global=2, radius=2),
+            "rule", 2, 4, 3, True),
+    "global_rows": (lambda: rules.global_tokens(45, global_indices=[0, 1, 30]) | rules.band(45, radius=1),
+                    None, "graph", 2, 4, 3, True),
     "tiny": (lambda: rules.band(3, radius=1), None, "graph", 1, 2, 2, False),
 }
 
@@ -62,6 +70,12 @@ def encoder_setup():
 
 
 EXCHANGE_CASES = ["band", "random", "longformer", "bigbird_etc", "band_causal"]
+
+# Plans: shard_plan's move_queries ("keys", the halo exchange alone, runs in the slow tests: the
+# default plan already is keys-only wherever no row moves).
+PLANS = ["default", "queries", "keys"]
+DEFAULT_PLANS = ["default", "queries"]
+MOVES = {"default": True, "keys": False, "queries": "all"}
 
 
 def inputs(name: str):
@@ -101,43 +115,56 @@ def _shard(t, span, dim=0):
     return t.narrow(dim, span.start, len(span))
 
 
-def worker(rank: int, world: int, out_dir: str) -> None:
+def worker(rank: int, world: int, out_dir: str, plans) -> None:
     results = {}
     for name, (make, rule, mode, H, D, Dv, with_bias) in CASES.items():
         g, q, k, v, w, bias = inputs(name)
         span = gd.local_range(g.num_nodes, rank, world)
-        ql, kl, vl = (_shard(t, span).clone().requires_grad_() for t in (q, k, v))
         ptr = g.query_ptr
-        bl = None
-        if bias is not None:
-            bl = bias[int(ptr[span.start]):int(ptr[span.stop])].clone().requires_grad_()
-        if mode == "graph":
-            graph = g
-        elif mode == "rule":
-            graph = rule
-        else:
-            graph = gd.shard_plan(rule, num_nodes=g.num_nodes)
-        out = gd.graph_attention(ql, kl, vl, graph, bias=bl)
-        (out * _shard(w, span)).sum().backward()
-        plan = gd.resolve_plan(g, len(span))  # the cached plan of the full graph (a collective
-        # only the first time: every rank reaches this line for every case)
-        results[name] = {
-            "out": out.detach(), "dq": ql.grad, "dk": kl.grad, "dv": vl.grad,
-            "dbias": None if bl is None else bl.grad,
-            "num_received": plan.num_received, "num_sent": plan.num_sent,
-            "bcast": plan.bcast_index.numel(), "extended_ids": plan.extended_ids,
-        }
+        for plan_name in plans:
+            ql, kl, vl = (_shard(t, span).clone().requires_grad_() for t in (q, k, v))
+            bl = None
+            if bias is not None:
+                bl = bias[int(ptr[span.start]):int(ptr[span.stop])].clone().requires_grad_()
+            if plan_name == "default" and mode == "graph":
+                graph = g
+            elif plan_name == "default" and mode == "rule":
+                graph = rule
+            else:
+                graph = gd.shard_plan(rule if rule is not None else g, num_nodes=g.num_nodes,
+                                      move_queries=MOVES[plan_name])
+            out, weights = gd.graph_attention(ql, kl, vl, graph, bias=bl, return_attention_weights=True)
+            (out * _shard(w, span)).sum().backward()
+            plan = graph if isinstance(graph, gd.ShardPlan) else gd.resolve_plan(graph, len(span))
+            # (the cached plan of the full graph / a rebuilt rule plan: a collective that every
+            # rank reaches for every case)
+            results[(name, plan_name)] = {
+                "out": out.detach(), "dq": ql.grad, "dk": kl.grad, "dv": vl.grad, "weights": weights,
+                "dbias": None if bl is None else bl.grad,
+                "num_received": plan.num_received, "num_sent": plan.num_sent,
+                "queries": plan.num_received_queries, "partials": plan.num_received_partials,
+                "edges": plan.num_received_edges, "moves": plan.moves_queries,
+                "bytes": plan.received_bytes(H, D, Dv, itemsize=8, bias=with_bias),
+                "bcast": plan.halo.bcast_index.numel(), "extended_ids": plan.extended_ids,
+                "query_bcast": 0 if plan.scatter is None else plan.scatter.queries.bcast_index.numel(),
+            }
+    if "default" not in plans:
+        torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
+        return
     for name, (make, batch, E, H, R) in LAYER_CASES.items():
         g, layer, x, w = layer_setup(name)
-        dlayer = gd.GraphAttention(E, H, num_relative=R).double()
-        dlayer.load_state_dict(layer.state_dict())
         span = gd.local_range(g.num_nodes, rank, world)
         dim = 0 if batch is None else 1
-        xl = _shard(x, span, dim).clone().requires_grad_()
-        out = dlayer(xl, g)
-        (out * _shard(w, span, dim)).sum().backward()
-        results[name] = {"out": out.detach(), "dx": xl.grad,
-                         "grads": {k: p.grad for k, p in dlayer.named_parameters()}}
+        for plan_name in ("default", "queries"):
+            dlayer = gd.GraphAttention(E, H, num_relative=R).double()
+            dlayer.load_state_dict(layer.state_dict())
+            xl = _shard(x, span, dim).clone().requires_grad_()
+            graph = g if plan_name == "default" else gd.shard_plan(g, move_queries="all")
+            out, weights = dlayer(xl, graph, return_attention_weights=True)
+            (out * _shard(w, span, dim)).sum().backward()
+            results[(name, plan_name)] = {"out": out.detach(), "dx": xl.grad, "weights": weights,
+                                          "moves": gd.resolve_plan(graph, len(span)).moves_queries,
+                                          "grads": {k: p.grad for k, p in dlayer.named_parameters()}}
     enc, graphs, x, w, wg = encoder_setup()
     denc = gd.ShardedSparseEncoder(8, 2, graphs=graphs, num_global=2, num_relative=6).double()
     denc.load_state_dict(enc.state_dict())
@@ -155,7 +182,7 @@ def worker(rank: int, world: int, out_dir: str) -> None:
         x = torch.randn(g.num_nodes, 2, 3, generator=gen, dtype=torch.float64)
         wx = torch.randn(g.num_nodes, 2, 3, generator=gen, dtype=torch.float64)
         span = gd.local_range(g.num_nodes, rank, world)
-        plan = gd.resolve_plan(g, len(span))
+        plan = gd.shard_plan(g, move_queries=False)  # every key the shard names comes over
         xl = _shard(x, span).clone().requires_grad_()
         ext = gd.exchange_rows(xl, plan)
         (ext * wx[plan.extended_ids]).sum().backward()

@@ -1,6 +1,8 @@
 """Sharded attention on 2 and 4 gloo processes equals single-process attention on the whole
-graph: outputs, q/k/v gradients and edge-bias gradients; layer outputs, input and parameter
-gradients. Also checked against an independent dense float64 oracle."""
+graph under every plan (queries moved where smaller, keys only, queries moved everywhere):
+outputs, q/k/v gradients, edge-bias gradients and attention weights; layer outputs, input and
+parameter gradients (relative bias, per-head layouts, folded batches). Also checked against an
+independent dense float64 oracle."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import functools
 
 import pytest
 import torch
-from dist_cases import CASES, LAYER_CASES, inputs, layer_setup
+from dist_cases import CASES, DEFAULT_PLANS, LAYER_CASES, PLANS, inputs, layer_setup
 from reference import dense_attention, dense_bias
 
 from graphattn import distributed as gd
@@ -16,6 +18,7 @@ from graphattn import rules
 from graphattn.nn import graph_attention as local_attention
 
 WORLDS = [2, 4]
+PLAN_PARAMS = [pytest.param(p, marks=pytest.mark.slow) if p == "keys" else p for p in PLANS]
 TOL = dict(rtol=1e-10, atol=1e-12)
 
 
@@ -23,9 +26,9 @@ def _reference(name):
     g, q, k, v, w, bias = inputs(name)
     q, k, v = (t.clone().requires_grad_() for t in (q, k, v))
     b = None if bias is None else bias.clone().requires_grad_()
-    out = local_attention(q, k, v, g, bias=b)
+    out, weights = local_attention(q, k, v, g, bias=b, return_attention_weights=True)
     (out * w).sum().backward()
-    return g, out.detach(), q.grad, k.grad, v.grad, None if b is None else b.grad
+    return g, out.detach(), q.grad, k.grad, v.grad, None if b is None else b.grad, weights
 
 
 def _dense_oracle(g, q, k, v, bias):
@@ -46,34 +49,61 @@ def _cat(results, case, key):
 
 
 @pytest.mark.parametrize("world", WORLDS)
+@pytest.mark.parametrize("plan", PLAN_PARAMS)
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_outputs_and_gradients_equal_single_process(dist_results, world, name):
-    results = dist_results(world)
-    g, out, dq, dk, dv, dbias = _reference(name)
-    torch.testing.assert_close(_cat(results, name, "out"), out, **TOL)
-    torch.testing.assert_close(_cat(results, name, "dq"), dq, **TOL)
-    torch.testing.assert_close(_cat(results, name, "dk"), dk, **TOL)
-    torch.testing.assert_close(_cat(results, name, "dv"), dv, **TOL)
+def test_outputs_and_gradients_equal_single_process(dist_results, world, name, plan):
+    results = dist_results(world, plan)
+    case = (name, plan)
+    g, out, dq, dk, dv, dbias, weights = _reference(name)
+    torch.testing.assert_close(_cat(results, case, "out"), out, **TOL)
+    torch.testing.assert_close(_cat(results, case, "dq"), dq, **TOL)
+    torch.testing.assert_close(_cat(results, case, "dk"), dk, **TOL)
+    torch.testing.assert_close(_cat(results, case, "dv"), dv, **TOL)
+    torch.testing.assert_close(_cat(results, case, "weights"), weights, **TOL)
     if dbias is not None:
-        torch.testing.assert_close(_cat(results, name, "dbias"), dbias, **TOL)
+        torch.testing.assert_close(_cat(results, case, "dbias"), dbias, **TOL)
     # and against the independent dense oracle
     _, q, k, v, _, bias = inputs(name)
-    torch.testing.assert_close(_cat(results, name, "out"), _dense_oracle(g, q, k, v, bias), **TOL)
+    torch.testing.assert_close(_cat(results, case, "out"), _dense_oracle(g, q, k, v, bias), **TOL)
 
 
 @pytest.mark.parametrize("world", WORLDS)
-@pytest.mark.parametrize("name", sorted(LAYER_CASES))
-def test_layer_equals_single_process_layer(dist_results, world, name):
+def test_the_plans_differ_where_they_should(dist_results, world):
     results = dist_results(world)
+    moved = lambda name, plan: [bool(r[(name, plan)]["moves"].any()) for r in results]  # noqa: E731
+    # The "queries" plan moves them from every rank whose rows name another rank's keys.
+    assert all(moved("band", "queries")) and not any(moved("band", "default"))
+    # Global rows move by default: Longformer's global tokens 0 and 18 from rank 0, the global
+    # rows 0, 1 (rank 0) and 30, ETC's global nodes (the last rank).
+    assert moved("longformer", "default")[0] and moved("global_rows", "default")[0]
+    assert moved("etc", "default")[-1]
+    # every moved query row comes back as one partial result, except that a row broadcast to
+    # the world - 1 other ranks comes back as one sum of its world - 1 parts
+    for plan in ("default", "queries"):
+        got = [r[("global_rows", plan)] for r in results]
+        assert got[0]["partials"] > 0
+        bcast = sum(r["query_bcast"] for r in got)
+        assert (bcast > 0) == (world >= 3)  # the global rows 0 and 1 of rank 0 name every rank's keys
+        assert sum(r["queries"] for r in got) == sum(r["partials"] for r in got) + (world - 2) * bcast
+
+
+@pytest.mark.parametrize("world", WORLDS)
+@pytest.mark.parametrize("plan", ["default", "queries"])
+@pytest.mark.parametrize("name", sorted(LAYER_CASES))
+def test_layer_equals_single_process_layer(dist_results, world, name, plan):
+    results = [r[(name, plan)] for r in dist_results(world)]
     g, layer, x, w = layer_setup(name)
     x = x.clone().requires_grad_()
-    out = layer(x, g)
+    out, weights = layer(x, g, return_attention_weights=True)
     (out * w).sum().backward()
     dim = 0 if x.dim() == 2 else 1
-    torch.testing.assert_close(torch.cat([r[name]["out"] for r in results], dim), out.detach(), **TOL)
-    torch.testing.assert_close(torch.cat([r[name]["dx"] for r in results], dim), x.grad, **TOL)
+    torch.testing.assert_close(torch.cat([r["out"] for r in results], dim), out.detach(), **TOL)
+    torch.testing.assert_close(torch.cat([r["dx"] for r in results], dim), x.grad, **TOL)
+    torch.testing.assert_close(torch.cat([r["weights"] for r in results], dim), weights, **TOL)
+    if plan == "queries":
+        assert any(bool(r["moves"].any()) for r in results)
     for pname, p in layer.named_parameters():
-        total = sum(r[name]["grads"][pname] for r in results)  # each rank's share of the gradient
+        total = sum(r["grads"][pname] for r in results)  # each rank's share of the gradient
         torch.testing.assert_close(total, p.grad, **TOL, msg=f"{name}: {pname}")
 
 
@@ -108,21 +138,33 @@ def test_uneven_split_and_empty_rank_are_exercised():
 def test_ranks_without_remote_needs(dist_results, world):
     results = dist_results(world)
     # block_local with blocks aligned to the shards: nobody receives or sends anything
-    assert [r["block_aligned"]["num_received"] for r in results] == [0] * world
-    assert [r["block_aligned"]["num_sent"] for r in results] == [0] * world
-    # causal band: rank 0 needs nothing but still serves rank 1
-    assert results[0]["band_causal"]["num_received"] == 0
-    assert results[0]["band_causal"]["num_sent"] > 0 and results[1]["band_causal"]["num_received"] > 0
+    for plan in DEFAULT_PLANS:
+        assert [r[("block_aligned", plan)]["num_received"] for r in results] == [0] * world
+        assert [r[("block_aligned", plan)]["num_sent"] for r in results] == [0] * world
+        assert [r[("block_aligned", plan)]["queries"] for r in results] == [0] * world
+    # causal band (no row moves): rank 0 needs nothing but still serves rank 1
+    assert results[0][("band_causal", "default")]["num_received"] == 0
+    assert results[0][("band_causal", "default")]["num_sent"] > 0
+    assert results[1][("band_causal", "default")]["num_received"] > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("world", WORLDS)
+def test_the_keys_plan_moves_no_query(dist_results, world):
+    assert not any(bool(r[(name, "keys")]["moves"].any()) for r in dist_results(world, "keys") for name in CASES)
+    assert not any(r[(name, "keys")]["queries"] or r[(name, "keys")]["partials"]
+                   for r in dist_results(world, "keys") for name in CASES)
 
 
 def test_global_rows_are_broadcast_at_four_ranks(dist_results):
     results = dist_results(4)
-    # Longformer's global tokens 0 and 18 are needed by every other rank: broadcast by their owners
-    assert results[0]["longformer"]["bcast"] >= 1 and results[1]["longformer"]["bcast"] >= 1
+    # Longformer's global tokens 0 and 18 are keys every other rank needs: broadcast by their
+    # owners (the global rows move, the global keys stay in the halo)
+    assert results[0][("longformer", "default")]["bcast"] >= 1 and results[1][("longformer", "default")]["bcast"] >= 1
     # a band has no row every rank needs
-    assert all(r["band"]["bcast"] == 0 for r in results)
+    assert all(r[("band", "default")]["bcast"] == 0 for r in results)
     # two ranks never broadcast (an all-to-all row is as cheap)
-    assert all(r[name]["bcast"] == 0 for r in dist_results(2) for name in CASES)
+    assert all(r[key]["bcast"] == 0 for r in dist_results(2) for key in r if isinstance(key, tuple) and key[0] in CASES)
 
 
 # ---------------------------------------------------------------- single process (no group)
@@ -182,3 +224,22 @@ def test_bad_input_errors():
         gd.graph_attention(q, q, q, functools.partial(rules.band, 7, radius=1))
     with pytest.raises(ValueError, match="embed_dim = 8"):
         gd.GraphAttention(8, 2)(torch.randn(6, 4), g)
+    with pytest.raises(ValueError, match=r"expected x of shape \[N, E\] or \[B, N, E\], got \[6\]"):
+        gd.GraphAttention(8, 2)(torch.randn(6), g)
+    with pytest.raises(TypeError, match="expected x to be a floating-point tensor, got dtype torch.int64"):
+        gd.GraphAttention(8, 2)(torch.ones(6, 8, dtype=torch.int64), g)
+    with pytest.raises(TypeError, match="expected x to be a torch.Tensor"):
+        gd.GraphAttention(8, 2)([[0.0] * 8] * 6, g)
+
+
+def test_encoder_bad_input_errors():
+    from graphattn.models import GraphRule
+
+    enc = gd.ShardedSparseEncoder(8, 2, graphs=[GraphRule(rules.band, radius=1)])
+    with pytest.raises(ValueError, match="expected x with last dim embed_dim = 8, got 4"):
+        enc(torch.randn(6, 4))
+    with pytest.raises(ValueError, match=r"expected x of shape \[N, E\] or \[B, N, E\], got \[1, 1, 6, 8\]"):
+        enc(torch.randn(1, 1, 6, 8))
+    with pytest.raises(TypeError, match="expected x to be a floating-point tensor"):
+        enc(torch.ones(6, 8, dtype=torch.int32))
+    assert enc(torch.randn(6, 8)).shape == (6, 8)  # no process group: one rank

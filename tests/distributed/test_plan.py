@@ -1,5 +1,6 @@
-"""Shard plans: the relabelled local graph is the shard's slice of the whole graph, and the
-multi-process plans receive exactly the halo the pure simulation predicts."""
+"""Shard plans: the plan's graph is the shard's slice of the whole graph, the multi-process
+plans receive exactly what the pure simulation predicts (key/value rows, query rows, partial
+results, moved edges, bytes), and the planning errors."""
 
 from __future__ import annotations
 
@@ -7,19 +8,35 @@ import functools
 
 import pytest
 import torch
-from dist_cases import CASES
+from dist_cases import CASES, MOVES, PLANS
 
 from graphattn import distributed as gd
 from graphattn import rules
 
 
 @pytest.mark.parametrize("world", [2, 4])
+@pytest.mark.parametrize("plan", [pytest.param(p, marks=pytest.mark.slow) if p == "keys" else p for p in PLANS])
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_received_rows_match_the_simulation(dist_results, world, name):
+def test_received_rows_match_the_simulation(dist_results, world, plan, name):
     g = CASES[name][0]()
-    got = [r[name]["num_received"] for r in dist_results(world)]
-    assert got == gd.halo_sizes(lambda queries: g.query_slice(queries.start, queries.stop),
-                                g.num_nodes, world).tolist()
+    H, D, Dv, with_bias = CASES[name][3], CASES[name][4], CASES[name][5], CASES[name][6]
+    got = [r[(name, plan)] for r in dist_results(world, plan)]
+    rule = lambda queries: g.query_slice(queries.start, queries.stop)  # noqa: E731
+    sim = gd.plan_traffic(rule, g.num_nodes, [world], move_queries=MOVES[plan], chunk=7)[world]
+    assert [r["num_received"] for r in got] == sim["kv"].tolist()
+    assert [r["queries"] for r in got] == sim["queries"].tolist()
+    assert [r["partials"] for r in got] == sim["partials"].tolist()
+    assert [r["edges"] for r in got] == sim["edges"].tolist()
+    assert [r["moves"].tolist() for r in got] == (sim["thresholds"] < gd.partition.NEVER).tolist()
+    # bytes per step (float64, with the edge bias where the case has one)
+    unit = H * 8
+    fwd = (sim["kv"] * (D + Dv) + sim["queries"] * D + sim["partials"] * (Dv + 1) + sim["maxima"]
+           + (sim["edges"] if with_bias else 0)) * unit
+    bwd = (sim["kv_back"] * (D + Dv) + sim["partials"] * D + sim["queries"] * (Dv + 1)
+           + (sim["edges_back"] if with_bias else 0)) * unit
+    assert [r["bytes"] for r in got] == list(zip(fwd.tolist(), bwd.tolist()))
+    if plan == "keys":  # the halo alone is what halo_sizes counts
+        assert sim["kv"].tolist() == gd.halo_sizes(rule, g.num_nodes, world).tolist()
 
 
 def test_single_process_plan_graph_is_the_graph():
@@ -60,3 +77,23 @@ def test_shard_plan_errors():
     bad = gd.ShardPlan(**{**plan.__dict__, "rank": 1, "world_size": 2, "global_ranks": (0, 1)})
     with pytest.raises(ValueError, match="expected a plan for rank 0 of 1"):
         gd.graph_attention(torch.randn(6, 1, 2), torch.randn(6, 1, 2), torch.randn(6, 1, 2), bad)
+
+
+def test_fingerprints_tell_graphs_apart():
+    fp = gd.graph_fingerprint
+    a, b = rules.bigbird(40, block_size=4, seed=1), rules.bigbird(40, block_size=4, seed=1)
+    assert fp(a, 40) == fp(b, 40)
+    assert fp(a, 40)[0] != fp(rules.bigbird(40, block_size=4, seed=2), 40)[0]
+    etc = rules.etc(12, num_global=2, radius=1)
+    assert fp(etc, 14)[0] != fp(etc.without_relative(), 14)[0]  # relative ids count
+    rule = functools.partial(rules.bigbird, 40, block_size=4, seed=1)
+    value, desc = fp(rule, 40)
+    assert desc.startswith("graphattn.rules.block_sparse.bigbird(40, block_size=4, seed=1) over 40 nodes")
+    assert value == fp(functools.partial(rules.bigbird, 40, block_size=4, seed=1), 40)[0]
+    assert value != fp(rule, 41)[0] and value != fp(functools.partial(rules.bigbird, 40, seed=1), 40)[0]
+    assert fp(a, 40)[1].startswith("an AttentionGraph over 40 nodes with ")
+
+
+def test_move_queries_errors():
+    with pytest.raises(ValueError, match="expected move_queries True, False or 'all', got 'yes'"):
+        gd.shard_plan(rules.band(6, radius=1), move_queries="yes")
