@@ -1,6 +1,7 @@
 import pytest
 import torch
 from graphattn import rules
+from graphattn.bench.decode import count_plan_builds
 from graphattn.models import BPTDecoder, CausalRule, GraphRule, SparseDecoder, beam_search
 
 GRAPHS = {
@@ -132,3 +133,15 @@ def test_decoder_errors():
         model.decode_step(torch.zeros(1, dtype=torch.long), cache)
     with pytest.raises(ValueError, match="expected k >= 1, got 0"):
         BPTDecoder(20, 8, 2, 1, k=0)
+
+
+@pytest.mark.parametrize("name", ["bigbird", "bpt"])
+def test_generate_builds_the_prompt_plan_only(name):
+    model = _model(name)
+    tokens, mask = _ragged(3, 20, torch.Generator().manual_seed(6))
+    with count_plan_builds() as count:
+        model.generate(tokens, mask, max_new_tokens=30, num_beams=2)
+    assert count[0] == 1  # the prompt's union graph, shared by both layers
+    with count_plan_builds() as count:
+        model.generate(tokens, mask, max_new_tokens=30)
+    assert count[0] == 0

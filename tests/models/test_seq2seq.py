@@ -3,6 +3,7 @@ import torch
 from model_helpers import band_mask, dependency
 
 from graphattn import rules
+from graphattn.bench.decode import count_plan_builds
 from graphattn.models import (CausalRule, EncoderDecoder, GraphRule, beam_search, cross_edge_index,
                               ragged_cross_edge_index, row_attention)
 
@@ -262,3 +263,25 @@ def test_decoding_errors():
         model.generate(torch.randint(0, 20, (1, 4)), max_new_tokens=2, bos_id=20)
     with pytest.raises(ValueError, match=r"expected src_mask of shape \[1, 4\], got \[1, 3\]"):
         model(torch.randint(0, 20, (1, 4)), torch.randint(0, 20, (1, 2)), src_mask=torch.ones(1, 3, dtype=torch.bool))
+
+
+def test_plans_are_built_once_per_graph_not_per_layer_or_step():
+    torch.manual_seed(11)
+    model = EncoderDecoder(20, 8, 2, 3, GraphRule(rules.band, radius=2)).eval()
+    src, tgt, src_mask, tgt_mask = _masked_batch(3, 14, 6, torch.Generator().manual_seed(4))
+    with count_plan_builds() as count:
+        model.generate(src, src_mask, max_new_tokens=12, bos_id=1, num_beams=2)
+    assert count[0] == 1  # the encoder's union graph, shared by its 3 layers; decoding steps build none
+    with count_plan_builds() as count:
+        model.generate(src, src_mask, max_new_tokens=12, bos_id=1)
+    assert count[0] == 0
+    with count_plan_builds() as count:
+        model(src, tgt, src_mask=src_mask, tgt_mask=tgt_mask)
+    assert count[0] == 2  # the decoder's union of causal graphs and its cross edges (3 layers each)
+    with count_plan_builds() as count:
+        model(src, tgt, src_mask=src_mask, tgt_mask=tgt_mask)
+    assert count[0] == 0
+    bigbird = EncoderDecoder(20, 8, 2, 3, GraphRule(rules.bigbird, block_size=2, seed=0))
+    with count_plan_builds() as count:
+        bigbird.generate(src, src_mask, max_new_tokens=5, bos_id=1)
+    assert count[0] == 1  # the three layers share one rule here: one graph
