@@ -9,12 +9,12 @@ from graphattn.models.decoding import (CausalRule, DecoderCache, beam_search, gr
                                        search)
 from graphattn.models.configs import (MixedAttention, bigbird_encoder, bigbird_etc_encoder, commitment_loss,
                                       etc_encoder, longformer_encoder, reformer_encoder, routing_encoder)
-from graphattn.models.encoder import FeedForward, GraphRule, SparseEncoder, SparseEncoderLayer
+from graphattn.models.encoder import FeedForward, GraphRule, SinusoidalPositions, SparseEncoder, SparseEncoderLayer
 from graphattn.models.seq2seq import DecoderLayer, EncoderDecoder, cross_edge_index, ragged_cross_edge_index
 from graphattn.models.star import StarTransformerClassifier
 
 __all__ = [
-    "SparseEncoder", "SparseEncoderLayer", "FeedForward", "GraphRule",
+    "SparseEncoder", "SparseEncoderLayer", "FeedForward", "GraphRule", "SinusoidalPositions",
     "longformer_encoder", "bigbird_encoder", "bigbird_etc_encoder", "etc_encoder", "reformer_encoder",
     "routing_encoder", "MixedAttention", "commitment_loss",
     "StarTransformerClassifier", "BPTransformerClassifier",

@@ -9,6 +9,7 @@ vectors and runs the same engine.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from typing import Callable, Sequence
 
@@ -22,7 +23,7 @@ from graphattn.models._ragged import check_mask, lru_get, ragged_mask
 from graphattn.nn.attention import GraphAttention
 from graphattn.nn.reversible import ReversibleSequence, chunked_feed_forward
 
-__all__ = ["FeedForward", "GraphRule", "SparseEncoderLayer", "SparseEncoder"]
+__all__ = ["FeedForward", "GraphRule", "SinusoidalPositions", "SparseEncoderLayer", "SparseEncoder"]
 
 _CACHE_SIZE = 16  # graphs kept per encoder: one per (schedule entry, length, device)
 
@@ -50,6 +51,47 @@ class GraphRule:
     def __repr__(self) -> str:
         args = "".join(f", {k}={v!r}" for k, v in self.params.items())
         return f"GraphRule({getattr(self.rule, '__name__', repr(self.rule))}{args})"
+
+
+class SinusoidalPositions(nn.Module):
+    r"""Fixed sinusoidal position encodings (Vaswani et al., 2017), an ``nn.Embedding``-like
+    lookup ``positions -> [..., E]``:
+
+    .. math::
+        \mathrm{PE}_{p, 2i} = c \sin(p\, \omega_i), \quad \mathrm{PE}_{p, 2i+1} = c \cos(p\, \omega_i),
+        \quad \omega_i = 10000^{-2i/E}, \quad c = \sqrt{2 / E}
+
+    (``c`` gives every row unit norm, the scale of the models' token embeddings). The encoding
+    of ``p + d`` is a fixed rotation of that of ``p``, so an attention score can depend on the
+    offset ``d`` through the query/key projections alone: a model reads relative positions off
+    absolute ones, at every length up to ``max_len``, with nothing to learn.
+
+    Shapes:
+        - **positions**: int ``[...]`` in ``[0, max_len)`` -> ``[..., E]``
+
+    >>> pe = SinusoidalPositions(16, 4)
+    >>> pe(torch.tensor([0, 3])).shape, round(float(pe(torch.tensor(5)).norm()), 6)
+    (torch.Size([2, 4]), 1.0)
+    """
+
+    def __init__(self, max_len: int, embed_dim: int):
+        super().__init__()
+        self.max_len = check_int("max_len", max_len, minimum=1)
+        self.embed_dim = check_int("embed_dim", embed_dim, minimum=1)
+        half = (embed_dim + 1) // 2
+        omega = torch.pow(10000.0, -2.0 * torch.arange(half, dtype=torch.float64) / embed_dim)
+        angle = torch.arange(max_len, dtype=torch.float64)[:, None] * omega
+        table = torch.stack([angle.sin(), angle.cos()], dim=-1).reshape(max_len, 2 * half)[:, :embed_dim]
+        self.register_buffer("weight", (table * math.sqrt(2.0 / embed_dim)).float(), persistent=False)
+
+    def reset_parameters(self) -> None:
+        """Nothing to learn."""
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        return self.weight[positions]
+
+    def extra_repr(self) -> str:
+        return f"{self.max_len}, {self.embed_dim}"
 
 
 class FeedForward(nn.Module):

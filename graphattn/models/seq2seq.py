@@ -13,7 +13,7 @@ from graphattn import rules
 from graphattn._validate import check_float, check_int
 from graphattn.models._ragged import batched_graph, check_mask, check_tokens, lru_get, ragged_mask
 from graphattn.models.decoding import CausalRule, DecoderCache, project_heads, row_attention, search
-from graphattn.models.encoder import FeedForward, SparseEncoder
+from graphattn.models.encoder import FeedForward, SinusoidalPositions, SparseEncoder
 from graphattn.models.star import embed_std
 from graphattn.nn.attention import GraphAttention
 from graphattn.rules._build import ranges
@@ -128,7 +128,8 @@ class EncoderDecoder(nn.Module):
     cross-attention, both expressed as graphs), then a projection to the vocabulary.
 
     One vocabulary for source and target (as BigBird's summarisation models). Inputs are token
-    plus learned position embeddings; the output projection shares its weight with
+    plus position embeddings (learned, or fixed :class:`~graphattn.models.SinusoidalPositions`
+    with ``positions="sinusoidal"``); the output projection shares its weight with
     :attr:`decoder_embedding` (``tie_embeddings=True``, the usual tying).
 
     * :meth:`encode` ``(src [B, n], src_mask) -> memory [B, n, E]``
@@ -163,13 +164,14 @@ class EncoderDecoder(nn.Module):
         encoder_graph: callable ``n -> AttentionGraph`` (e.g. ``GraphRule(rules.bigbird,
             block_size=64, seed=0)``), or a per-layer list of them; see :class:`SparseEncoder`.
         decoder_layers, ff_dim, dropout: decoder depth, FFN width, dropout.
-        max_len: learned positions (source and target each).
+        max_len: positions (source and target each).
         num_global: learned global nodes of the encoder (BigBird-ETC / ETC graphs).
         num_relative: relative-position vocabulary of the encoder (ETC graphs).
         tie_embeddings: share the output projection with ``decoder_embedding``.
         decoder_graph: the decoder's causal self-attention graph, a
             :class:`~graphattn.models.CausalRule` (default ``CausalRule(rules.full)``: full
             causal attention).
+        positions: ``"learned"`` (an embedding per position) or ``"sinusoidal"`` (fixed).
 
     Shapes:
         - **src**: int ``[B, n]``, **tgt**: int ``[B, T]`` -> **logits** ``[B, T, vocab_size]``
@@ -186,7 +188,8 @@ class EncoderDecoder(nn.Module):
     def __init__(self, vocab_size: int, embed_dim: int, num_heads: int, num_layers: int, encoder_graph, *,
                  decoder_layers: int | None = None, ff_dim: int | None = None, dropout: float = 0.0,
                  max_len: int = 4096, num_global: int = 0, num_relative: int | None = None,
-                 tie_embeddings: bool = True, decoder_graph: CausalRule | None = None):
+                 tie_embeddings: bool = True, decoder_graph: CausalRule | None = None,
+                 positions: str = "learned"):
         super().__init__()
         self.vocab_size = check_int("vocab_size", vocab_size, minimum=1)
         self.embed_dim = check_int("embed_dim", embed_dim, minimum=1)
@@ -203,8 +206,12 @@ class EncoderDecoder(nn.Module):
         self.decoder_graph = decoder_graph
         self.encoder_embedding = nn.Embedding(vocab_size, embed_dim)
         self.decoder_embedding = nn.Embedding(vocab_size, embed_dim)
-        self.encoder_positions = nn.Embedding(max_len, embed_dim)
-        self.decoder_positions = nn.Embedding(max_len, embed_dim)
+        if positions not in ("learned", "sinusoidal"):
+            raise ValueError(f"expected positions in ('learned', 'sinusoidal'), got {positions!r}")
+        self.positions = positions
+        make = (lambda: nn.Embedding(max_len, embed_dim)) if positions == "learned" else (
+            lambda: SinusoidalPositions(max_len, embed_dim))
+        self.encoder_positions, self.decoder_positions = make(), make()
         self.encoder = SparseEncoder(embed_dim, num_heads, graphs=encoder_graph,
                                      num_layers=num_layers,
                                      ff_dim=ff_dim, dropout=dropout, num_global=num_global,
@@ -224,7 +231,8 @@ class EncoderDecoder(nn.Module):
     def reset_parameters(self) -> None:
         std = embed_std(self.embed_dim)
         for emb in (self.encoder_embedding, self.decoder_embedding, self.encoder_positions, self.decoder_positions):
-            nn.init.normal_(emb.weight, std=std)
+            if isinstance(emb, nn.Embedding):
+                nn.init.normal_(emb.weight, std=std)
         if self.output.weight is not self.decoder_embedding.weight:
             nn.init.normal_(self.output.weight, std=std)
         self.encoder.reset_parameters()

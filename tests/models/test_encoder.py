@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 from model_helpers import band_mask, dependency, reachability
@@ -281,3 +283,21 @@ def test_padded_batch_errors():
         enc(torch.randn(2, 5, 8), attention_mask=torch.ones(2, 4, dtype=torch.bool))
     with pytest.raises(ValueError, match="sample 1 keeps none"):
         enc(torch.randn(2, 5, 8), attention_mask=torch.tensor([[1, 1, 0, 0, 0], [0, 0, 0, 0, 0]]))
+
+
+def test_sinusoidal_positions_formula_and_offsets_as_rotations():
+    from graphattn.models import SinusoidalPositions
+    pe = SinusoidalPositions(50, 6)
+    p, i = 7, 1
+    w = 10000.0 ** (-2 * i / 6)
+    c = (2 / 6) ** 0.5
+    assert torch.allclose(pe(torch.tensor(p))[2 * i:2 * i + 2],
+                          torch.tensor([c * math.sin(p * w), c * math.cos(p * w)], dtype=torch.float32))
+    assert torch.allclose(pe.weight.norm(dim=1), torch.ones(50))
+    # PE(p + d) = R(d) PE(p) for one fixed R per offset d, at every p
+    d = 3
+    src, dst = pe.weight[:40].double(), pe.weight[d:40 + d].double()
+    R = torch.linalg.lstsq(src, dst).solution
+    torch.testing.assert_close(src @ R, dst, rtol=0, atol=1e-5)
+    assert list(pe.state_dict()) == [] and not list(pe.parameters())  # fixed, not saved
+    assert SinusoidalPositions(4, 5).weight.shape == (4, 5)  # odd width

@@ -285,3 +285,20 @@ def test_plans_are_built_once_per_graph_not_per_layer_or_step():
     with count_plan_builds() as count:
         bigbird.generate(src, src_mask, max_new_tokens=5, bos_id=1)
     assert count[0] == 1  # the three layers share one rule here: one graph
+
+
+def test_sinusoidal_positions_padded_batches_and_decoding():
+    torch.manual_seed(12)
+    model = EncoderDecoder(20, 8, 2, 1, GraphRule(rules.band, radius=1), positions="sinusoidal").double().eval()
+    assert not any("positions" in n for n, _ in model.named_parameters())
+    src, tgt, src_mask, tgt_mask = _masked_batch(3, 12, 7, torch.Generator().manual_seed(5))
+    out = model(src, tgt, src_mask=src_mask, tgt_mask=tgt_mask)
+    for b in range(3):
+        alone = model(src[b][src_mask[b]][None], tgt[b][tgt_mask[b]][None])[0]
+        torch.testing.assert_close(out[b][tgt_mask[b]], alone, rtol=1e-9, atol=1e-9)
+    full = model(src, tgt, src_mask=src_mask)
+    cache = model.start_decoding(model.encode(src, src_mask), src_mask, capacity=7)
+    for t in range(7):
+        torch.testing.assert_close(model.decode_step(tgt[:, t], cache), full[:, t], rtol=1e-9, atol=1e-9)
+    with pytest.raises(ValueError, match="expected positions in \\('learned', 'sinusoidal'\\), got 'rotary'"):
+        EncoderDecoder(20, 8, 2, 1, GraphRule(rules.band, radius=1), positions="rotary")
