@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from graphattn._validate import check_bool, check_float, check_int
+from graphattn._validate import check_bool, check_features, check_float, check_int
 from graphattn.compose import batch
 from graphattn.graph import AttentionGraph
 from graphattn.models._ragged import check_mask, lru_get, ragged_mask
@@ -434,16 +434,12 @@ class SparseEncoder(nn.Module):
         return lru_get(self._batch_cache, (idx, lengths, str(device)), make, _CACHE_SIZE)
 
     def forward(self, x: torch.Tensor, *, attention_mask: torch.Tensor | None = None, return_global: bool = False):
-        if not isinstance(x, torch.Tensor) or x.dim() not in (2, 3):
-            raise ValueError(f"expected x of shape [N, E] or [B, N, E], got "
-                             f"{list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
-        if x.shape[-1] != self.embed_dim:
-            raise ValueError(f"expected x with last dim embed_dim = {self.embed_dim}, got {x.shape[-1]}")
+        _, batched = check_features(x, self.embed_dim)
         return_global = check_bool("return_global", return_global)
         if attention_mask is None:
             return self._run(x, return_global)
         mask = check_mask(attention_mask, x.shape[:-1])
-        if x.dim() == 2:
+        if not batched:
             out = self.forward(x[None], attention_mask=mask[None], return_global=return_global)
             return tuple(o[0] for o in out) if return_global else out[0]
         r = ragged_mask(mask)

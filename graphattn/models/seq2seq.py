@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from graphattn import rules
-from graphattn._validate import check_float, check_int
+from graphattn._validate import check_features, check_float, check_int
 from graphattn.models._ragged import batched_graph, check_mask, check_tokens, lru_get, ragged_mask
 from graphattn.models.decoding import CausalRule, DecoderCache, project_heads, row_attention, search
 from graphattn.models.encoder import FeedForward, SinusoidalPositions, SparseEncoder
@@ -277,10 +277,8 @@ class EncoderDecoder(nn.Module):
         :attr:`decoder_embedding`; positions are added here) and encoder states ``[B, n, E]``,
         with optional ``tgt_mask [B, T]`` and ``memory_mask [B, n]`` (zero logits at padded
         targets). Unbatched ``[T, E]`` / ``[n, E]`` work too (without masks)."""
-        for name, t in (("tgt_embeddings", tgt_embeddings), ("memory", memory)):
-            if not isinstance(t, torch.Tensor) or t.dim() not in (2, 3) or t.shape[-1] != self.embed_dim:
-                raise ValueError(f"expected {name} of shape [B, L, {self.embed_dim}] or [L, {self.embed_dim}], got "
-                                 f"{list(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}")
+        check_features(tgt_embeddings, self.embed_dim, name="tgt_embeddings")
+        check_features(memory, self.embed_dim, name="memory")
         if tgt_embeddings.dim() != memory.dim() or (memory.dim() == 3 and memory.shape[0] != tgt_embeddings.shape[0]):
             raise ValueError(f"expected tgt_embeddings and memory with one batch layout, got "
                              f"{list(tgt_embeddings.shape)} and {list(memory.shape)}")
@@ -322,9 +320,8 @@ class EncoderDecoder(nn.Module):
         """A :class:`~graphattn.models.DecoderCache` for decoding up to ``capacity`` target
         positions against ``memory [B, n, E]`` (``memory_mask [B, n]``): every decoder layer's
         cross-attention keys and values are computed here, once."""
-        if not isinstance(memory, torch.Tensor) or memory.dim() != 3 or memory.shape[-1] != self.embed_dim:
-            raise ValueError(f"expected memory of shape [B, n, {self.embed_dim}], got "
-                             f"{list(memory.shape) if isinstance(memory, torch.Tensor) else type(memory).__name__}")
+        if not check_features(memory, self.embed_dim, name="memory")[1]:
+            raise ValueError(f"expected memory of shape [B, n, {self.embed_dim}], got {list(memory.shape)}")
         capacity = check_int("capacity", capacity, minimum=1)
         self._check_length(capacity)
         B, n = memory.shape[:2]
