@@ -93,7 +93,7 @@ def build_parser(prog: str = "python -m graphattn.bench") -> ArgumentParser:
     ss.add_argument("--models", nargs="+", default=["bigbird", "truncated"], choices=["bigbird", "truncated"])
     ss.add_argument("--steps", type=count, default=300, help="training steps per model")
     ss.add_argument("--batch", type=count, default=4, help="documents per training step")
-    ss.add_argument("--lr", type=_positive_float, default=3e-3, help="Adam learning rate")
+    ss.add_argument("--lr", type=_positive_float, default=2e-3, help="Adam learning rate")
     ss.add_argument("--eval-samples", type=count, default=64, help="held-out documents evaluated")
     ss.add_argument("--embed-dim", type=count, default=64)
     ss.add_argument("--layers", type=count, default=2, help="encoder layers (and decoder layers)")
