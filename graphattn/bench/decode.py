@@ -30,22 +30,30 @@ BAND_RADIUS = 128
 
 @contextlib.contextmanager
 def count_plan_builds():
-    """Count the tiling plans built while the block runs (every path of the engine builds
-    through ``graphattn.nn.plan._build_plan``): yields a one-element list holding the count."""
+    """Count the tiling plans built while the block runs: every edge-list plan of the engine
+    goes through ``graphattn.nn.plan._build_plan``, and a structured graph's (band, lifted
+    blocks) through ``plan.structural_plan`` (counted when it returns a plan; when it declines,
+    the edge-list build that follows is the one counted). Yields a one-element list holding
+    the count."""
     from graphattn.nn import functional, plan
 
     count = [0]
-    original = plan._build_plan
+    original, original_structural = plan._build_plan, plan.structural_plan
 
     def counting(*args, **kwargs):
         count[0] += 1
         return original(*args, **kwargs)
 
-    plan._build_plan, functional._build_plan = counting, counting
+    def counting_structural(*args, **kwargs):
+        built = original_structural(*args, **kwargs)
+        count[0] += built is not None
+        return built
+
+    plan._build_plan, functional._build_plan, plan.structural_plan = counting, counting, counting_structural
     try:
         yield count
     finally:
-        plan._build_plan, functional._build_plan = original, original
+        plan._build_plan, functional._build_plan, plan.structural_plan = original, original, original_structural
 
 
 def _model(graph: str, E: int, H: int, layers: int, vocab: int, max_len: int):

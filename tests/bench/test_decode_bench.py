@@ -15,7 +15,13 @@ def test_count_plan_builds_counts_every_engine_path():
         graph_attention(q, q, q, rules.band(6, radius=2).edge_index)  # an edge_index tensor
     assert count[0] == 2
     from graphattn.nn import functional, plan
-    assert functional._build_plan is plan._build_plan  # restored
+    g = rules.band(300, radius=127)  # a structured graph: planned from its structure
+    assert plan.structural_plan(g.structure) is not None
+    with decode.count_plan_builds() as count:
+        graph_attention(torch.randn(300, 1, 4), torch.randn(300, 1, 4), torch.randn(300, 1, 4), g)
+        graph_attention(torch.randn(300, 1, 4), torch.randn(300, 1, 4), torch.randn(300, 1, 4), g)
+    assert count[0] == 1
+    assert functional._build_plan is plan._build_plan and plan.structural_plan.__name__ == "structural_plan"
 
 
 def test_decode_cell_runs_steps_without_building_plans():
