@@ -137,3 +137,4 @@ def test_seq2seq_suite_rejects_bad_arguments(capsys):
     assert main(["seq2seq", "--steps", "0"]) == 2
     assert "expected an int >= 1, got 0" in capsys.readouterr().err
     assert main(["seq2seq", "--models", "dense"]) == 2
+
