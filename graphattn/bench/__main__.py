@@ -78,6 +78,27 @@ def build_parser(prog: str = "python -m graphattn.bench") -> ArgumentParser:
     m.add_argument("--timeout", type=count, default=600, help="seconds per cell")
     ex = sub.add_parser("exactness", help="forward and gradient errors against float64 per engine path as scores grow")
     ex.add_argument("--n", type=count, default=256)
+    dc = sub.add_parser("decode", help="per-token decoding time vs context length: band-causal vs full causal decoder")
+    dc.add_argument("--t", type=count, nargs="+", default=[1024, 4096, 16384, 65536], help="context lengths")
+    dc.add_argument("--graphs", nargs="+", default=["band", "full"], choices=["band", "full"])
+    dc.add_argument("--batch", type=count, default=1)
+    dc.add_argument("--steps", type=count, default=16, help="decoding steps timed per cell")
+    dc.add_argument("--embed-dim", type=count, default=256)
+    dc.add_argument("--heads", type=count, default=4)
+    dc.add_argument("--layers", type=count, default=2)
+    dc.add_argument("--repeats", type=count, default=5)
+    dc.add_argument("--threads", type=count, default=None, help="torch threads (default: torch's)")
+    ss = sub.add_parser("seq2seq", help="long-input seq2seq on the pydoc topics: BigBird encoder at full length vs "
+                                         "full attention truncated to 512 tokens")
+    ss.add_argument("--models", nargs="+", default=["bigbird", "truncated"], choices=["bigbird", "truncated"])
+    ss.add_argument("--steps", type=count, default=300, help="training steps per model")
+    ss.add_argument("--batch", type=count, default=4, help="documents per training step")
+    ss.add_argument("--lr", type=_positive_float, default=2e-3, help="Adam learning rate")
+    ss.add_argument("--eval-samples", type=count, default=64, help="held-out documents evaluated")
+    ss.add_argument("--embed-dim", type=count, default=64)
+    ss.add_argument("--layers", type=count, default=2, help="encoder layers (and decoder layers)")
+    ss.add_argument("--seed", type=int_at_least(0), default=0)
+    ss.add_argument("--timeout", type=count, default=3600, help="seconds per model")
     gp = sub.add_parser("gpu", help="fused Triton kernels on a CUDA GPU: exactness, timings vs SDPA, FlexAttention, gather/scatter")
     gp.add_argument("--out", default="gpu_bench.md", help="markdown report path (default ./gpu_bench.md)")
     gp.add_argument("--budget", type=_positive_float, default=480.0, help="seconds for the whole run (default 480)")
@@ -141,6 +162,18 @@ def _run(args) -> int:
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; fp32; each cell in its own process")
         print(run(suites=args.suites, ns=args.n, encoder_n=args.encoder_n, ffn_n=args.ffn_n, depth=args.depth,
                   E=args.embed_dim, H=args.heads, repeats=args.repeats, timeout=args.timeout, log=_progress))
+    if args.suite == "decode":
+        from graphattn.bench.decode import run
+
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; fp32; medians of {args.repeats}")
+        print(run(ts=args.t, graphs=args.graphs, batch=args.batch, steps=args.steps, E=args.embed_dim, H=args.heads,
+                  layers=args.layers, repeats=args.repeats, log=_progress))
+    if args.suite == "seq2seq":
+        from graphattn.bench.seq2seq import run
+
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; fp32; each model in its own process")
+        print(run(models=args.models, steps=args.steps, batch=args.batch, lr=args.lr, eval_samples=args.eval_samples,
+                  seed=args.seed, embed_dim=args.embed_dim, layers=args.layers, timeout=args.timeout, log=_progress))
     if args.suite == "gpu":
         from graphattn.bench.gpu import main as gpu_main
 

@@ -56,8 +56,9 @@ class BPTransformerClassifier(nn.Module):
     position representations. Logits: an MLP on the final (LayerNorm-ed) root node, which
     attends every token through its affiliated edges.
 
-    **Padding.** As :class:`StarTransformerClassifier`: ``padding_idx`` entries are removed and
-    each sample gets the graph of its true length.
+    **Padding.** As :class:`StarTransformerClassifier`: the positions where ``attention_mask``
+    is false (without a mask, the ``padding_idx`` entries) are removed and each sample gets the
+    graph of its true length, span nodes included, in one union.
 
     Args:
         vocab_size, embed_dim, num_heads, num_layers, num_classes: sizes.
@@ -67,7 +68,8 @@ class BPTransformerClassifier(nn.Module):
         positions: add learned absolute position embeddings to the tokens.
 
     Shapes:
-        - **tokens**: int ``[B, n]`` -> **logits** ``[B, num_classes]``
+        - **tokens**: int ``[B, n]``; **attention_mask** (optional) ``[B, n]`` -> **logits**
+          ``[B, num_classes]``
 
     >>> model = BPTransformerClassifier(10, 8, 2, 2, 3, k=1)
     >>> model(torch.tensor([[4, 5, 6, 0, 0], [7, 8, 9, 1, 2]])).shape
@@ -116,8 +118,8 @@ class BPTransformerClassifier(nn.Module):
             if isinstance(m, nn.Linear):
                 m.reset_parameters()
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        r = ragged_input(tokens, self.vocab_size, self.padding_idx, self.max_len)
+    def forward(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        r = ragged_input(tokens, self.vocab_size, self.padding_idx, self.max_len, attention_mask)
         g, level, node_ptr = batched_graph(self._graphs, r.lengths, tokens.device, self._batches, self._post)
         e = self.token_embedding(r.ids)
         if self.position_embedding is not None:

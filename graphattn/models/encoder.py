@@ -9,18 +9,21 @@ vectors and runs the same engine.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
-from graphattn._validate import check_bool, check_float, check_int
+from graphattn._validate import check_bool, check_features, check_float, check_int
+from graphattn.compose import batch
 from graphattn.graph import AttentionGraph
+from graphattn.models._ragged import check_mask, lru_get, ragged_mask
 from graphattn.nn.attention import GraphAttention
 from graphattn.nn.reversible import ReversibleSequence, chunked_feed_forward
 
-__all__ = ["FeedForward", "GraphRule", "SparseEncoderLayer", "SparseEncoder"]
+__all__ = ["FeedForward", "GraphRule", "SinusoidalPositions", "SparseEncoderLayer", "SparseEncoder"]
 
 _CACHE_SIZE = 16  # graphs kept per encoder: one per (schedule entry, length, device)
 
@@ -48,6 +51,47 @@ class GraphRule:
     def __repr__(self) -> str:
         args = "".join(f", {k}={v!r}" for k, v in self.params.items())
         return f"GraphRule({getattr(self.rule, '__name__', repr(self.rule))}{args})"
+
+
+class SinusoidalPositions(nn.Module):
+    r"""Fixed sinusoidal position encodings (Vaswani et al., 2017), an ``nn.Embedding``-like
+    lookup ``positions -> [..., E]``:
+
+    .. math::
+        \mathrm{PE}_{p, 2i} = c \sin(p\, \omega_i), \quad \mathrm{PE}_{p, 2i+1} = c \cos(p\, \omega_i),
+        \quad \omega_i = 10000^{-2i/E}, \quad c = \sqrt{2 / E}
+
+    (``c`` gives every row unit norm, the scale of the models' token embeddings). The encoding
+    of ``p + d`` is a fixed rotation of that of ``p``, so an attention score can depend on the
+    offset ``d`` through the query/key projections alone: a model reads relative positions off
+    absolute ones, at every length up to ``max_len``, with nothing to learn.
+
+    Shapes:
+        - **positions**: int ``[...]`` in ``[0, max_len)`` -> ``[..., E]``
+
+    >>> pe = SinusoidalPositions(16, 4)
+    >>> pe(torch.tensor([0, 3])).shape, round(float(pe(torch.tensor(5)).norm()), 6)
+    (torch.Size([2, 4]), 1.0)
+    """
+
+    def __init__(self, max_len: int, embed_dim: int):
+        super().__init__()
+        self.max_len = check_int("max_len", max_len, minimum=1)
+        self.embed_dim = check_int("embed_dim", embed_dim, minimum=1)
+        half = (embed_dim + 1) // 2
+        omega = torch.pow(10000.0, -2.0 * torch.arange(half, dtype=torch.float64) / embed_dim)
+        angle = torch.arange(max_len, dtype=torch.float64)[:, None] * omega
+        table = torch.stack([angle.sin(), angle.cos()], dim=-1).reshape(max_len, 2 * half)[:, :embed_dim]
+        self.register_buffer("weight", (table * math.sqrt(2.0 / embed_dim)).float(), persistent=False)
+
+    def reset_parameters(self) -> None:
+        """Nothing to learn."""
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        return self.weight[positions]
+
+    def extra_repr(self) -> str:
+        return f"{self.max_len}, {self.embed_dim}"
 
 
 class FeedForward(nn.Module):
@@ -158,19 +202,47 @@ class SparseEncoderLayer(nn.Module):
 
 
 class _Sublayer(nn.Module):
-    """One half of a reversible block: ``fn(x)`` with the graph bound when the block was made,
-    so the backward pass recomputes exactly the function of the forward pass."""
+    """One half of a layer: ``fn(x)`` with the graph bound when the block was made, so a
+    reversible backward pass recomputes exactly the function of the forward pass.
 
-    def __init__(self, layer: SparseEncoderLayer, graph: AttentionGraph | None, attention: bool):
+    ``groups`` (ragged batches through an attention that is not a plain GraphAttention, such as
+    LSH, routing or the mixed routing/local layer, which take ``[B, n, E]`` and would mix the
+    samples of a union): one ``(node ids [B_g, n_g], graph of length n_g or None)`` per
+    distinct sample length; the attention runs once per group and its outputs are scattered
+    back to the node rows."""
+
+    def __init__(self, layer: SparseEncoderLayer, graph: AttentionGraph | None, attention: bool,
+                 groups: list[tuple[torch.Tensor, AttentionGraph | None]] | None = None):
         super().__init__()
         self.layer = layer
         self.graph = graph
         self.attention = attention
+        self.groups = groups
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.attention:
+        if not self.attention:
+            return self.layer.ff_block(x)
+        if self.groups is None:
             return self.layer.attention_block(x, self.graph)
-        return self.layer.ff_block(x)
+        out = torch.zeros_like(x)
+        routing, losses = _routing_modules(self.layer), []
+        for idx, graph in self.groups:
+            out = out.index_put((idx,), self.layer.attention_block(x[idx], graph))
+            losses.append([(m.last_commitment_loss, idx.numel()) for m in routing])
+        # Routing layers keep the commitment loss of their last call: make it the token-weighted
+        # mean over the groups, i.e. the mean over every real token as one call would give.
+        total = sum(idx.numel() for idx, _ in self.groups)
+        for r, m in enumerate(routing):
+            parts = [group[r] for group in losses]
+            if all(loss is not None for loss, _ in parts):
+                m.last_commitment_loss = sum(loss * (count / total) for loss, count in parts)
+        return out
+
+
+def _routing_modules(layer: nn.Module) -> list:
+    from graphattn.nn.routing import RoutingAttention
+
+    return [m for m in layer.modules() if isinstance(m, RoutingAttention)]
 
 
 def _is_entry(g) -> bool:
@@ -211,6 +283,17 @@ class SparseEncoder(nn.Module):
     **Chunked FFN** (Reformer). ``chunked_ff = c`` applies every FFN in ``c`` chunks along the
     sequence (identical results, ``1/c`` of the hidden activations alive at once).
 
+    **Padded batches.** ``forward(x, attention_mask=mask)`` with ``mask [B, N]`` (bool, or 0/1
+    integers; true at real positions, anywhere in a row) runs every sample at its own length
+    ``n_b``: each layer attends over the disjoint union of the per-sample graphs (each built
+    for ``n_b`` tokens plus the sample's own global nodes, random rules included; cached per
+    tuple of lengths), one engine call for the whole batch. A padded position is never
+    attended, its output is zero, and each sample's output equals what it gives alone. An
+    attention that is not a :class:`~graphattn.nn.GraphAttention` (LSH, routing, the mixed
+    routing/local layer: they take ``[B, n, E]``) runs once per distinct length on the samples
+    of that length; a routing layer's commitment loss is then the token-weighted mean over
+    those calls, but its centroids take one EMA step per call.
+
     Args:
         embed_dim, num_heads: width ``E`` and heads ``H``.
         graphs: one entry or ``num_layers`` entries, as above.
@@ -222,7 +305,7 @@ class SparseEncoder(nn.Module):
             GraphAttention), e.g. ``LSHAttention`` layers with ``graphs=None``.
 
     Shapes:
-        - **x**: ``[N, E]`` or ``[B, N, E]``
+        - **x**: ``[N, E]`` or ``[B, N, E]``; **attention_mask** (optional): ``x.shape[:-1]``
         - **output**: like ``x``; with ``return_global=True`` also the global nodes'
           states ``[num_global, E]`` or ``[B, num_global, E]``
 
@@ -283,6 +366,7 @@ class SparseEncoder(nn.Module):
                 self._layer_entry.append(len(self._entries))
                 self._entries.append(g)
         self._graph_cache: OrderedDict = OrderedDict()
+        self._batch_cache: OrderedDict = OrderedDict()  # (entry, lengths, device) -> union graph
         self.layers = nn.ModuleList(
             SparseEncoderLayer(embed_dim, num_heads, ff_dim=ff_dim, dropout=dropout,
                                num_relative=num_relative, attention=a, chunked_ff=chunked_ff)
@@ -331,31 +415,101 @@ class SparseEncoder(nn.Module):
             self._graph_cache.popitem(last=False)
         return g
 
-    def forward(self, x: torch.Tensor, *, return_global: bool = False):
-        if not isinstance(x, torch.Tensor) or x.dim() not in (2, 3):
-            raise ValueError(f"expected x of shape [N, E] or [B, N, E], got "
-                             f"{list(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")
-        if x.shape[-1] != self.embed_dim:
-            raise ValueError(f"expected x with last dim embed_dim = {self.embed_dim}, got {x.shape[-1]}")
+    def batched_graph(self, layer: int, lengths, device=None) -> tuple[AttentionGraph | None, torch.Tensor]:
+        """``(graph, ptr)``: the disjoint union of layer ``layer``'s graphs for a batch of
+        samples of ``lengths`` tokens (sample ``b`` owns nodes ``ptr[b]:ptr[b+1]``: its tokens,
+        then its global nodes); cached per (schedule entry, lengths, device). The graph is None
+        for a content-based layer."""
+        layer = check_int("layer", layer, minimum=0, maximum=self.num_layers - 1)
+        device = torch.device("cpu") if device is None else torch.device(device)
+        lengths = tuple(int(n) for n in (lengths.tolist() if isinstance(lengths, torch.Tensor) else lengths))
+        idx = self._layer_entry[layer]
+        if self._entries[idx] is None:
+            sizes = torch.tensor([0] + [n + self.num_global for n in lengths], device=device)
+            return None, torch.cumsum(sizes, 0)
+
+        def make():
+            return batch([self.graph(layer, n, device) for n in lengths])
+
+        return lru_get(self._batch_cache, (idx, lengths, str(device)), make, _CACHE_SIZE)
+
+    def forward(self, x: torch.Tensor, *, attention_mask: torch.Tensor | None = None, return_global: bool = False):
+        _, batched = check_features(x, self.embed_dim)
+        return_global = check_bool("return_global", return_global)
+        if attention_mask is None:
+            return self._run(x, return_global)
+        mask = check_mask(attention_mask, x.shape[:-1])
+        if not batched:
+            out = self.forward(x[None], attention_mask=mask[None], return_global=return_global)
+            return tuple(o[0] for o in out) if return_global else out[0]
+        r = ragged_mask(mask)
+        lengths = r.lengths.tolist()
+        if len(set(lengths)) == 1:  # one length: the shared-graph batched path on the real rows
+            n = lengths[0]
+            out = self._run(x[mask].view(x.shape[0], n, x.shape[-1]), return_global)
+            tokens, glob = out if return_global else (out, None)
+            tokens = r.scatter(tokens.reshape(-1, x.shape[-1]))
+            return (tokens, glob) if return_global else tokens
+        nodes, glob_nodes, layer_args = self._ragged_nodes(r, x.device)
+        h = torch.zeros(int(nodes[-1]), x.shape[-1], dtype=x.dtype, device=x.device)
+        tok_nodes = nodes[:-1][r.sample] + r.position
+        h = h.index_put((tok_nodes,), x[mask])
+        if self.global_embeddings is not None:
+            glob = self.global_embeddings.to(x.dtype).expand(x.shape[0], -1, -1)
+            h = h.index_put((glob_nodes,), glob)
+        h = self._layers(h, layer_args)
+        tokens = r.scatter(h[tok_nodes])
+        return (tokens, h[glob_nodes]) if return_global else tokens
+
+    def _ragged_nodes(self, r, device):
+        """Node offsets of the union (per sample: tokens, then global nodes), the global nodes'
+        ids ``[B, num_global]`` and each layer's (graph, groups) for :meth:`_layers`."""
+        lengths = r.lengths.tolist()
+        nodes = torch.zeros(len(lengths) + 1, dtype=torch.int64, device=device)
+        torch.cumsum(r.lengths.to(device) + self.num_global, 0, out=nodes[1:])
+        args = []
+        for l, layer in enumerate(self.layers):
+            if isinstance(layer.attn, GraphAttention) and self.graphs[l] is not None:
+                args.append((self.batched_graph(l, lengths, device)[0], None))
+            else:
+                args.append((None, [(idx, self.graph(l, n, device)) for n, idx in self._groups(r.lengths, nodes)]))
+        glob_nodes = nodes[:-1, None] + r.lengths[:, None] + torch.arange(self.num_global, device=device)
+        return nodes, glob_nodes, args
+
+    def _groups(self, lengths: torch.Tensor, nodes: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
+        """``(n, node ids [B_g, n + num_global])`` of the samples of each distinct length ``n``."""
+        groups = []
+        for n in torch.unique(lengths).tolist():
+            members = torch.nonzero(lengths == n).flatten()
+            groups.append((n, nodes[members][:, None] + torch.arange(n + self.num_global, device=nodes.device)))
+        return groups
+
+    def _run(self, x: torch.Tensor, return_global: bool):
+        """The encoder on ``x [N, E]`` or ``[B, N, E]``: every sample of length ``N``."""
         n = x.shape[-2]
         if self.global_embeddings is not None:
             glob = self.global_embeddings.to(x.dtype)
             glob = glob.expand(x.shape[0], -1, -1) if x.dim() == 3 else glob
             x = torch.cat([x, glob], dim=-2)
-        graphs = [self.graph(l, n, x.device) for l in range(self.num_layers)]
-        if self.reversible:
-            blocks = [(_Sublayer(layer, g, True), _Sublayer(layer, g, False))
-                      for layer, g in zip(self.layers, graphs)]
-            y1, y2 = ReversibleSequence(blocks)(x, x)
-            x = (y1 + y2) / 2
-        else:
-            for layer, g in zip(self.layers, graphs):
-                x = layer(x, g)
-        x = self.norm(x)
+        x = self._layers(x, [(self.graph(l, n, x.device), None) for l in range(self.num_layers)])
         tokens = x[..., :n, :]
         if return_global:
             return tokens, x[..., n:, :]
         return tokens
+
+    def _layers(self, x: torch.Tensor, layer_args) -> torch.Tensor:
+        """The layers (plain or reversible) and the final norm; ``layer_args[l] = (graph,
+        groups)``."""
+        blocks = [(_Sublayer(layer, g, True, groups), _Sublayer(layer, g, False))
+                  for layer, (g, groups) in zip(self.layers, layer_args)]
+        if self.reversible:
+            y1, y2 = ReversibleSequence(blocks)(x, x)
+            x = (y1 + y2) / 2
+        else:
+            for f, g in blocks:
+                x = x + f(x)
+                x = x + g(x)
+        return self.norm(x)
 
     def extra_repr(self) -> str:
         return (f"num_layers={self.num_layers}, num_global={self.num_global}, reversible={self.reversible}, "

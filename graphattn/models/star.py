@@ -45,10 +45,11 @@ class StarTransformerClassifier(nn.Module):
     (plus the max-pooled satellites when ``max_pool=True``, fastNLP's classifier); logits come
     from a two-layer MLP.
 
-    **Padding.** Entries equal to ``padding_idx`` (anywhere in a row) are removed: each sample's
-    graph is built for its true length and the batch is their disjoint union
-    (:func:`graphattn.compose.batch`), so a padded sample gives the logits of the unpadded one.
-    Positions count the kept tokens.
+    **Padding.** Entries where ``attention_mask`` is false (bool or 0/1, ``[B, n]``), or without
+    a mask the entries equal to ``padding_idx`` (anywhere in a row), are removed: each sample's
+    graph (satellites, embedding nodes and its own relay) is built for its true length and the
+    batch is their disjoint union (:func:`graphattn.compose.batch`), one engine call per phase,
+    so a padded sample gives the logits of the unpadded one. Positions count the kept tokens.
 
     Args:
         vocab_size, embed_dim, num_heads, num_layers, num_classes: sizes.
@@ -59,7 +60,8 @@ class StarTransformerClassifier(nn.Module):
         max_pool: add the max-pooled satellites to the relay state before the classifier.
 
     Shapes:
-        - **tokens**: int ``[B, n]`` -> **logits** ``[B, num_classes]``
+        - **tokens**: int ``[B, n]``; **attention_mask** (optional) ``[B, n]`` -> **logits**
+          ``[B, num_classes]``
 
     >>> model = StarTransformerClassifier(10, 8, 2, 2, 3)
     >>> model(torch.tensor([[4, 5, 6, 0], [7, 8, 9, 1]])).shape
@@ -102,8 +104,8 @@ class StarTransformerClassifier(nn.Module):
             if isinstance(m, nn.Linear):
                 m.reset_parameters()
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        r = ragged_input(tokens, self.vocab_size, self.padding_idx, self.max_len)
+    def forward(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        r = ragged_input(tokens, self.vocab_size, self.padding_idx, self.max_len, attention_mask)
         B, E = tokens.shape[0], self.embed_dim
         e = self.drop(self.token_embedding(r.ids) + self.position_embedding(r.position))  # [T, E]
         ring, radical, node_ptr = batched_graph(self._graphs, r.lengths, tokens.device, self._batches, _phases)

@@ -78,3 +78,16 @@ def test_errors():
     with pytest.raises(ValueError, match="expected k >= 1, got 0"):
         BPTransformerClassifier(12, 8, 2, 1, 3, k=0)
     assert BPTransformerClassifier(12, 8, 2, 1, 3, k=1, positions=False)(torch.tensor([[3, 4]])).shape == (1, 3)
+
+
+def test_attention_mask_instead_of_the_padding_id():
+    torch.manual_seed(2)
+    model = BPTransformerClassifier(12, 8, 2, 2, 3, k=1, padding_idx=None).double()
+    for layer in model.layers:
+        torch.nn.init.normal_(layer.attn.relative_bias.weight)
+    seqs = [[3, 0, 5, 6, 1, 2, 3, 4, 5], [9], [0, 0, 4, 11, 2]]
+    tokens = torch.tensor([[7] * (9 - len(s)) + s for s in seqs])  # left padding
+    mask = torch.tensor([[0] * (9 - len(s)) + [1] * len(s) for s in seqs], dtype=torch.bool)
+    out = model(tokens, attention_mask=mask)
+    for b, s in enumerate(seqs):
+        torch.testing.assert_close(out[b], model(torch.tensor([s]))[0], rtol=1e-9, atol=1e-9)

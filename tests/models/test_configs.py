@@ -194,3 +194,51 @@ def test_config_errors():
     enc = longformer_encoder(8, 2, 1, radius=1, global_indices=[30])
     with pytest.raises(ValueError, match="global_indices"):
         enc(torch.randn(10, 8))
+
+
+@pytest.mark.parametrize("name", ["longformer", "longformer_per_head", "bigbird", "bigbird_etc", "etc", "reformer",
+                                  "routing", "routing_causal"])
+def test_every_configuration_runs_a_padded_batch_as_each_sample_alone(name):
+    torch.manual_seed(12)
+    make = {
+        "longformer": lambda: longformer_encoder(8, 2, 2, radius=2, global_indices=[0]),
+        "longformer_per_head": lambda: longformer_encoder(8, 2, 2, radius=1, dilations=[1, (1, 2)]),
+        "bigbird": lambda: bigbird_encoder(8, 2, 2, block_size=3, seed=0),
+        "bigbird_etc": lambda: bigbird_etc_encoder(8, 2, 2, block_size=3, num_global=2, seed=0),
+        "etc": lambda: etc_encoder(8, 2, 2, radius=2, num_global=2),
+        "reformer": lambda: reformer_encoder(8, 2, 2, num_buckets=4, chunk=4, seed=0),
+        "routing": lambda: routing_encoder(8, 2, 2, num_clusters=2, radius=2, seed=0),
+        "routing_causal": lambda: routing_encoder(8, 2, 2, num_clusters=2, radius=1, causal=True, seed=0),
+    }[name]
+    enc = make().double().eval()
+    for m in enc.modules():
+        if getattr(m, "relative_bias", None) is not None:
+            torch.nn.init.normal_(m.relative_bias.weight)
+    gen = torch.Generator().manual_seed(0)
+    lengths = [17, 1, 30, 9, 30]  # random blocks, buckets and clusters differ per length
+    x = torch.randn(len(lengths), 30, 8, generator=gen, dtype=torch.float64)
+    mask = torch.arange(30)[None, :] < torch.tensor(lengths)[:, None]
+    mask[3] = mask[3].flip(0)  # left padding
+    out, glob = enc(x, attention_mask=mask, return_global=True)
+    for b in range(len(lengths)):
+        o, g = enc(x[b][mask[b]], return_global=True)
+        torch.testing.assert_close(out[b][mask[b]], o, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(glob[b], g, rtol=1e-9, atol=1e-9)
+    assert bool((out[~mask] == 0).all())
+
+
+def test_routing_commitment_loss_of_a_padded_batch_is_the_token_weighted_mean():
+    torch.manual_seed(13)
+    enc = routing_encoder(8, 2, 1, num_clusters=2, radius=1, ema_decay=1.0, seed=0).double()  # fixed centroids
+    x = torch.randn(3, 6, 8, dtype=torch.float64)
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]], dtype=torch.bool)
+    enc.eval()
+    enc(x, attention_mask=mask)  # seed the centroids
+    enc.train()
+    enc(x, attention_mask=mask)
+    loss = commitment_loss(enc)
+    enc(x[[0, 2]][:, :4])
+    short = commitment_loss(enc)
+    enc(x[1:2])
+    long = commitment_loss(enc)
+    torch.testing.assert_close(loss, short * (8 / 14) + long * (6 / 14), rtol=1e-12, atol=1e-14)

@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 from model_helpers import band_mask, dependency, reachability
@@ -212,3 +214,90 @@ def test_errors():
     with pytest.raises(TypeError, match="expected rule to be callable"):
         GraphRule(3)
     assert isinstance(enc.graph(0, 4), AttentionGraph)
+
+
+def _ragged_batch(lengths, width, E=8, seed=0):
+    """Float64 inputs [B, width, E] and a mask whose real positions are scattered in each row."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(len(lengths), width, E, generator=gen, dtype=torch.float64)
+    mask = torch.zeros(len(lengths), width, dtype=torch.bool)
+    for b, n in enumerate(lengths):
+        mask[b, torch.randperm(width, generator=gen)[:n]] = True
+    return x, mask
+
+
+def test_padded_batch_equals_each_sample_alone_and_builds_each_graph_once():
+    torch.manual_seed(9)
+    calls = []
+
+    def make(n):
+        calls.append(n)
+        return rules.band(n, radius=2) | rules.global_tokens(n, global_indices=[0])
+
+    enc = SparseEncoder(8, 2, graphs=make, num_layers=3).double()
+    x, mask = _ragged_batch([5, 12, 1, 12], 12)
+    out = enc(x, attention_mask=mask.long())  # 0/1 integers, as tokenizers return them
+    for b in range(4):
+        torch.testing.assert_close(out[b][mask[b]], enc(x[b][mask[b]]), rtol=1e-9, atol=1e-9)
+    assert bool((out[~mask] == 0).all())
+    assert sorted(set(calls)) == [1, 5, 12]
+    # one union graph for the batch, cached per tuple of lengths
+    g, ptr = enc.batched_graph(0, [5, 12, 1, 12])
+    assert enc.batched_graph(2, [5, 12, 1, 12])[0] is g and ptr.tolist() == [0, 5, 17, 18, 30]
+    # padded entries never reach a real output, and get no gradient
+    noisy = torch.where(mask[..., None], x, torch.randn_like(x) * 100)
+    torch.testing.assert_close(enc(noisy, attention_mask=mask), out, rtol=0, atol=0)
+    xg = x.clone().requires_grad_(True)
+    enc(xg, attention_mask=mask).pow(2).sum().backward()
+    assert bool((xg.grad[~mask] == 0).all()) and bool((xg.grad[mask] != 0).any())
+
+
+def test_padded_batch_of_one_length_uses_the_shared_graph():
+    torch.manual_seed(10)
+    enc = SparseEncoder(8, 2, graphs=GraphRule(rules.band, radius=1), num_layers=2, num_global=0).double()
+    x, mask = _ragged_batch([6, 6, 6], 9)
+    out = enc(x, attention_mask=mask)
+    ref = enc(x[mask].view(3, 6, 8))
+    torch.testing.assert_close(out[mask].view(3, 6, 8), ref, rtol=0, atol=0)
+    assert enc(x[0], attention_mask=mask[0]).shape == (9, 8)  # unbatched input with a [N] mask
+
+
+def test_padded_batch_with_global_nodes_and_reversible_layers():
+    torch.manual_seed(11)
+    enc = SparseEncoder(8, 2, graphs=GraphRule(rules.etc, num_global=2, radius=1), num_layers=2, num_global=2,
+                        num_relative=4, reversible=True, chunked_ff=2).double()
+    for layer in enc.layers:
+        torch.nn.init.normal_(layer.attn.relative_bias.weight)
+    x, mask = _ragged_batch([7, 3, 10], 10)
+    out, glob = enc(x, attention_mask=mask, return_global=True)
+    assert glob.shape == (3, 2, 8)
+    for b in range(3):
+        o, g = enc(x[b][mask[b]], return_global=True)
+        torch.testing.assert_close(out[b][mask[b]], o, rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(glob[b], g, rtol=1e-9, atol=1e-9)
+
+
+def test_padded_batch_errors():
+    enc = SparseEncoder(8, 2, graphs=GraphRule(rules.band, radius=1), num_layers=1)
+    with pytest.raises(ValueError, match=r"expected attention_mask of shape \[2, 5\], got \[2, 4\]"):
+        enc(torch.randn(2, 5, 8), attention_mask=torch.ones(2, 4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="sample 1 keeps none"):
+        enc(torch.randn(2, 5, 8), attention_mask=torch.tensor([[1, 1, 0, 0, 0], [0, 0, 0, 0, 0]]))
+
+
+def test_sinusoidal_positions_formula_and_offsets_as_rotations():
+    from graphattn.models import SinusoidalPositions
+    pe = SinusoidalPositions(50, 6)
+    p, i = 7, 1
+    w = 10000.0 ** (-2 * i / 6)
+    c = (2 / 6) ** 0.5
+    assert torch.allclose(pe(torch.tensor(p))[2 * i:2 * i + 2],
+                          torch.tensor([c * math.sin(p * w), c * math.cos(p * w)], dtype=torch.float32))
+    assert torch.allclose(pe.weight.norm(dim=1), torch.ones(50))
+    # PE(p + d) = R(d) PE(p) for one fixed R per offset d, at every p
+    d = 3
+    src, dst = pe.weight[:40].double(), pe.weight[d:40 + d].double()
+    R = torch.linalg.lstsq(src, dst).solution
+    torch.testing.assert_close(src @ R, dst, rtol=0, atol=1e-5)
+    assert list(pe.state_dict()) == [] and not list(pe.parameters())  # fixed, not saved
+    assert SinusoidalPositions(4, 5).weight.shape == (4, 5)  # odd width

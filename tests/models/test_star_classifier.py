@@ -98,3 +98,14 @@ def test_errors():
     with pytest.raises(ValueError, match="expected padding_idx <= 11, got 12"):
         StarTransformerClassifier(12, 8, 2, 1, 3, padding_idx=12)
     assert StarTransformerClassifier(12, 8, 2, 1, 3, padding_idx=None)(torch.tensor([[0, 0]])).shape == (1, 3)
+
+
+def test_attention_mask_instead_of_the_padding_id():
+    torch.manual_seed(2)
+    model = StarTransformerClassifier(12, 8, 2, 2, 3, padding_idx=None).double()
+    seqs = [[3, 0, 5, 6], [9], [0, 0, 4]]  # 0 is an ordinary token here
+    tokens = torch.tensor([s + [7] * (4 - len(s)) for s in seqs])
+    mask = torch.tensor([[1] * len(s) + [0] * (4 - len(s)) for s in seqs])
+    out = model(tokens, attention_mask=mask)
+    for b, s in enumerate(seqs):
+        torch.testing.assert_close(out[b], model(torch.tensor([s]))[0], rtol=1e-9, atol=1e-9)
