@@ -90,9 +90,9 @@ def _check_mask(attention_mask, B: int, nk: int):
     return attention_mask
 
 
-def _check_heads(g, H: int, layer: int) -> None:
+def _check_heads(g, H: int, layers) -> None:
     if g.head_mask is not None and g.num_heads != H:
-        raise ValueError(f"layer {layer}: expected a per-head graph for the model's {H} heads, got {g.num_heads}")
+        raise ValueError(f"{layers.where}: expected a per-head graph for the model's {H} heads, got {g.num_heads}")
 
 
 def graph_attention_forward(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -126,7 +126,7 @@ def _unpadded(layer, query, key, value, options):
     """Every sample has all ``n`` tokens: one graph; the batch folds into the heads."""
     B, H, n, _ = query.shape
     g = layer.graph(n, query.device)
-    _check_heads(g, H, layer.layer)
+    _check_heads(g, H, layer)
     if B == 1:
         out = graph_attention(query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1), g, **options)
         return out[None]
@@ -152,7 +152,7 @@ def _ragged(layer, query, key, value, mask, options):
     v = value.transpose(1, 2)[mask]
     if nq == nk:
         g = layer.batched(lengths, key.device)
-        _check_heads(g, H, layer.layer)
+        _check_heads(g, H, layer)
         out = graph_attention(query.transpose(1, 2)[mask], k, v, g, **options)
     else:
         from graphattn.compose import batch
@@ -162,7 +162,7 @@ def _ragged(layer, query, key, value, mask, options):
         starts = (lengths - rows).tolist()
         g = batch([layer.graph(m, "cpu").query_slice(s, m) for m, s in zip(lengths.tolist(), starts)])[0]
         g = g.to(key.device)
-        _check_heads(g, H, layer.layer)
+        _check_heads(g, H, layer)
         rank = torch.cumsum(mask, dim=1) - 1 + (torch.cumsum(lengths, 0) - lengths)[:, None]
         node = rank[:, nk - nq:][qmask]  # the key node of each real query
         q = query.new_zeros(k.shape[0], H, query.shape[-1]).index_put((node,), query.transpose(1, 2)[qmask])

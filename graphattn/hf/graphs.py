@@ -25,29 +25,37 @@ def _empty(n: int) -> AttentionGraph:
 
 
 class LayerGraphs:
-    """The graphs of one sparsified attention layer.
+    """The graphs of the sparsified attention layers that share one graph source.
 
     ``source`` is a fixed :class:`AttentionGraph` (the input must have exactly its node count) or
     a callable ``n -> AttentionGraph``, called once per length and cached (per device). Every
     graph is checked when it is first built: an AttentionGraph over exactly the ``n`` tokens (no
-    extra nodes: a pretrained model has no states for them) and, on a causal layer, causal.
+    extra nodes: a pretrained model has no states for them) and, on causal layers, causal. Layers
+    that share a source share its graphs (and their cached tiling plans). The ``cache_size`` most
+    recently used lengths are kept: a graph over thousands of tokens holds millions of edges.
     """
 
-    def __init__(self, source, *, layer: int, causal: bool, cache_size: int = 32):
-        self.source = check_source(source, f"the graph of layer {layer}")
-        self.layer = layer
+    def __init__(self, source, *, layers, causal: bool, cache_size: int = 8):
+        self.layers = tuple(layers)
         self.causal = causal
+        self.source = check_source(source, f"the graph of {self.where}")
         self._cpu = LengthCache(self._make, size=cache_size)
         self._on_device: dict[str, LengthCache] = {}
         self._batched: dict = OrderedDict()
         if isinstance(source, AttentionGraph):
             self._check(source, source.num_nodes)
 
+    @property
+    def where(self) -> str:
+        """``layer 3`` or ``layers 0, 1, 2``: the layers named in error messages."""
+        return (f"layer {self.layers[0]}" if len(self.layers) == 1
+                else "layers " + ", ".join(map(str, self.layers)))
+
     def __repr__(self) -> str:
-        return f"LayerGraphs(layer={self.layer}, causal={self.causal}, source={self.source!r})"
+        return f"LayerGraphs(layers={self.layers}, causal={self.causal}, source={self.source!r})"
 
     def _check(self, g, n: int) -> AttentionGraph:
-        where = f"layer {self.layer}"
+        where = self.where
         if not isinstance(g, AttentionGraph):
             raise TypeError(f"expected the graph rule of {where} to return an AttentionGraph, got {type(g).__name__}")
         if g.num_tokens != g.num_nodes:

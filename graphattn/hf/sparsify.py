@@ -124,19 +124,27 @@ def sparsify(model, graph, *, layers=None):
     chosen = _layer_indices(layers, len(modules))
     if isinstance(graph, (list, tuple)):
         if len(graph) != len(chosen):
-            raise ValueError(f"expected a schedule of {len(chosen)} graphs (one per sparsified layer), got {len(graph)}")
+            raise ValueError(f"expected a schedule of {len(chosen)} graphs (one per sparsified layer), "
+                             f"got {len(graph)}")
         sources = [check_source(g, f"graph[{p}]") for p, g in enumerate(graph)]
     else:
         sources = [check_source(graph, "graph")] * len(chosen)
-    # Build every layer's graph holder first, so a bad graph leaves the model untouched.
-    holders = {}
+    # Build the graph holders first, so a bad graph leaves the model untouched; layers that share a
+    # source (and causality) share one holder, so a rule is built once per length for all of them.
+    groups: dict = {}
     for i, source in zip(chosen, sources):
-        holders[i] = LayerGraphs(source, layer=i, causal=bool(getattr(modules[i], "is_causal", True)))
+        causal = bool(getattr(modules[i], "is_causal", True))
+        groups.setdefault((id(source), causal), (source, causal, []))[2].append(i)
+    holders = {}
+    for source, causal, members in groups.values():
+        holder = LayerGraphs(source, layers=members, causal=causal)
+        holders.update(dict.fromkeys(members, holder))
     heads = getattr(model.config, "num_attention_heads", None)
-    for i, h in holders.items():
-        if isinstance(h.source, AttentionGraph) and heads is not None and h.source.num_heads not in (None, heads):
-            raise ValueError(f"layer {i}: expected a per-head graph for the model's {heads} heads, "
-                             f"got {h.source.num_heads}")
+    for holder in set(holders.values()):
+        per_head = isinstance(holder.source, AttentionGraph) and holder.source.num_heads is not None
+        if per_head and heads is not None and holder.source.num_heads != heads:
+            raise ValueError(f"{holder.where}: expected a per-head graph for the model's {heads} heads, "
+                             f"got {holder.source.num_heads}")
     register()
     previous = getattr(model, _PREVIOUS, model.config._attn_implementation)
     for i, module in enumerate(modules):
@@ -154,7 +162,8 @@ def unsparsify(model):
     """Undo :func:`sparsify`: the model's previous attention implementation, no graphs; returns the model."""
     _check_model(model)
     if not is_sparsified(model):
-        raise ValueError(f"expected a model prepared by graphattn.hf.sparsify, got a {type(model).__name__} that is not")
+        raise ValueError(f"expected a model prepared by graphattn.hf.sparsify, got a {type(model).__name__} "
+                         f"that is not")
     previous = getattr(model, _PREVIOUS)
     for module in model.modules():
         if hasattr(module, LAYER_ATTRIBUTE):

@@ -200,7 +200,7 @@ def test_refuses_encoder_decoder_models():
 
 
 def test_refuses_a_graph_that_is_not_causal_on_a_causal_model():
-    with pytest.raises(ValueError, match="layer 0: the model is causal but its graph is not"):
+    with pytest.raises(ValueError, match="layers 0, 1: the model is causal but its graph is not"):
         hf.sparsify(tiny_llama(), rules.full(8))
     model = hf.sparsify(tiny_llama(), rules.full)  # a rule: checked when built
     with pytest.raises(ValueError, match="the model is causal but its graph is not"):

