@@ -47,8 +47,8 @@ def padding_mask(batch_size: int, q_length: int, kv_length: int, q_offset=0, kv_
 
     The attention pattern is the graph's: the model's own pattern must be plain causal or plain
     bidirectional (the graph replaces it); sliding-window, chunked, packed-sequence or other
-    overlays are refused, as are caches whose queries are not the last ``q_length`` keys
-    (static caches).
+    overlays are refused, as are causal caches whose queries are not the last ``q_length`` keys
+    (static caches). A bidirectional mask may have other keys than queries (cross-attention).
     """
     from transformers.masking_utils import bidirectional_mask_function, causal_mask_function, prepare_padding_mask
 
@@ -58,7 +58,7 @@ def padding_mask(batch_size: int, q_length: int, kv_length: int, q_offset=0, kv_
             f"own ({getattr(mask_function, '__qualname__', mask_function)}: sliding window, chunks, packed sequences "
             f"or an overlay); only plain causal and bidirectional models are supported")
     q_offset, kv_offset = int(q_offset), int(kv_offset)
-    if q_offset + q_length != kv_offset + kv_length:
+    if mask_function is causal_mask_function and q_offset + q_length != kv_offset + kv_length:
         raise ValueError(
             f"graphattn attention expects the queries to be the last keys (no cache, or a dynamic cache), got queries "
             f"[{q_offset}, {q_offset + q_length}) and keys [{kv_offset}, {kv_offset + kv_length}) (a static cache?)")
@@ -181,7 +181,8 @@ def _dense(module, query, key, value, mask, dropout, scaling, causal, kwargs):
     nk = key.shape[2]
     mask4d = None
     if mask is not None or (causal and nq != nk):
-        mask4d = sdpa_mask(batch_size=B, q_length=nq, kv_length=nk, q_offset=nk - nq,
+        # Causal queries are the last keys; bidirectional ones (cross-attention too) need no offset.
+        mask4d = sdpa_mask(batch_size=B, q_length=nq, kv_length=nk, q_offset=nk - nq if causal else 0,
                            mask_function=causal_mask_function if causal else bidirectional_mask_function,
                            attention_mask=mask, allow_is_causal_skip=False, device=query.device)
     return sdpa_attention_forward(module, query, key, value, mask4d, dropout=dropout, scaling=scaling,

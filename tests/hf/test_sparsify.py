@@ -127,6 +127,23 @@ def test_decoding_with_a_cache_gives_the_rows_of_the_full_forward():
     torch.testing.assert_close(step, full[:, 10:], rtol=1e-5, atol=1e-5)
 
 
+def test_cross_attention_stays_dense_with_its_own_padding():
+    ref = transformers.BertLMHeadModel(transformers.BertConfig(
+        vocab_size=60, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+        max_position_embeddings=40, is_decoder=True, add_cross_attention=True, attn_implementation="sdpa")).eval()
+    sparse = hf.sparsify(copy.deepcopy(ref), lambda n: rules.full(n).causal())
+    ids, am = padded_batch(LENGTHS)
+    memory = torch.randn(3, 7, 32, generator=torch.Generator().manual_seed(2))
+    memory_mask = torch.ones(3, 7, dtype=torch.long)
+    memory_mask[0, 5:] = 0
+    with torch.no_grad():
+        a = ref(ids, attention_mask=am, encoder_hidden_states=memory, encoder_attention_mask=memory_mask,
+                use_cache=False).logits
+        b = sparse(ids, attention_mask=am, encoder_hidden_states=memory, encoder_attention_mask=memory_mask,
+                   use_cache=False).logits
+    assert_real_close(a, b, am, rtol=1e-5, atol=1e-5)
+
+
 def test_layers_left_dense_run_the_models_own_attention():
     model = tiny_bert()
     ids, am = padded_batch(LENGTHS)
