@@ -51,11 +51,13 @@ def test_suite_tables(monkeypatch, capsys):
     def spawn(spec, timeout, env=None):
         kind = spec["kind"]
         if kind == "retrieval":
-            return {m: {"recall@1": 0.25 * (i + 1), "recall@5": 1.0, "time_per_doc_s": 0.5, "graphs_per_doc_s": 0.1,
-                        "tokens_read": 3000.0, "documents": 39, "queries": 98, "doc_tokens": [2056, 3998]}
+            return {m: {"recall@1": 0.25 * (i + 1), "recall@5": 1.0, "time_per_doc_s": 0.5, "cpu_per_doc_s": 0.9,
+                        "graphs_per_doc_s": 0.1, "graphs_cpu_per_doc_s": 0.2, "tokens_read": 3000.0,
+                        "documents": 39, "queries": 98, "doc_tokens": [2056, 3998]}
                     for i, m in enumerate(spec["methods"])}
         if kind == "speed":
-            return {"sdpa": {"time_s": 8.0, "attention_s": 6.0}, "sparse": {"time_s": 2.0, "attention_s": 0.5}}
+            return {"sdpa": {"time_s": 8.0, "cpu_s": 16.0, "attention_s": 6.0, "attention_cpu_s": 12.0},
+                    "sparse": {"time_s": 2.0, "cpu_s": 5.0, "attention_s": 0.5, "attention_cpu_s": 1.25}}
         peak = 3.0 if spec.get("model_name", spec.get("method")) in ("sdpa", "dense") else 1.5
         return {"peak_rss_gib": peak, "base_rss_gib": 0.5}
 
@@ -64,9 +66,10 @@ def test_suite_tables(monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "39 documents of 2,056 to 3,998 tokens, 98 query sentences" in out and "kept in it" in out
     assert "| longformer | extended to 4,096, Longformer band r=256 + [CLS] global" in out
-    assert "| 0.750    |" in out  # recall@1 of the third method
-    assert out.count("| 4,096 |") == 4 and "| 4.00x" in out and "| 2.50x" in out  # 8 / 2 s, 2.5 / 1 GiB
-    assert "| 75%" in out and "| 25%" in out  # attention share of each model
+    assert "| 0.750    |" in out and "| 0.500 / 0.900" in out  # recall@1 of the third method, wall / CPU
+    assert out.count("| 4,096 |") == 4 and "| 3.20x / 4.00x" in out  # CPU 16 / 5 s, wall 8 / 2 s
+    assert "| 2.50x" in out  # memory: 2.5 / 1 GiB
+    assert "| 75%" in out and "| 25%" in out  # attention share of each model (CPU)
 
 
 @pytest.mark.slow
@@ -77,6 +80,7 @@ def test_retrieval_and_speed_cells_run_at_small_sizes():
     for x in r.values():
         assert 0 <= x["recall@1"] <= x["recall@5"] <= 1 and x["documents"] == 3
     t = longdoc.run_speed_times(600, "fwd+bwd", repeats=1)
-    assert all(0 < t[m]["attention_s"] < t[m]["time_s"] for m in ("sdpa", "sparse"))
+    assert all(0 < t[m]["attention_s"] < t[m]["time_s"] and 0 < t[m]["attention_cpu_s"] < t[m]["cpu_s"]
+               for m in ("sdpa", "sparse"))
     m = longdoc.run_speed_memory("sparse", 600, "fwd")
     assert m["peak_rss_gib"] >= m["base_rss_gib"] > 0
