@@ -105,6 +105,7 @@ def build_parser(prog: str = "python -m graphattn.bench") -> ArgumentParser:
     ld.add_argument("--repeats", type=count, default=3)
     ld.add_argument("--timeout", type=count, default=3600, help="seconds per cell")
     ld.add_argument("--seed", type=int_at_least(0), default=0)
+    ld.add_argument("--threads", type=count, default=None, help="torch threads in every cell (default: torch's)")
     return parser
 
 
@@ -162,7 +163,7 @@ def _run(args) -> int:
         print(run(tables=args.tables, methods=args.methods, min_tokens=args.min_tokens,
                   max_tokens=args.max_tokens, queries_per_document=args.queries_per_doc, remove=args.remove,
                   max_documents=args.max_docs, speed_n=args.speed_n, repeats=args.repeats, timeout=args.timeout,
-                  seed=args.seed, log=_progress))
+                  seed=args.seed, threads=args.threads, log=_progress))
     if args.suite == "gpu":
         from graphattn.bench.gpu import main as gpu_main
 

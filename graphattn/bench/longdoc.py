@@ -454,21 +454,23 @@ def speed_table(rows: list) -> str:
 
 
 # ---------------------------------------------------------------------------------- the suite
-def _spawn(spec: dict, timeout: int, env: dict | None = None) -> dict:
-    return spawn_worker("graphattn.bench.longdoc", spec, timeout, env)
+def _spawn(spec: dict, timeout: int, env: dict | None = None, threads: int | None = None) -> dict:
+    return spawn_worker("graphattn.bench.longdoc", dict(spec, threads=threads), timeout, env)
 
 
 def run(*, tables=("retrieval", "speed"), methods=tuple(METHODS), min_tokens: int = 2000, max_tokens: int = 4000,
         queries_per_document: int = 3, remove: bool = False, max_documents: int | None = None,
-        speed_n=(4096, 16384), repeats: int = 3, timeout: int = 3600, seed: int = 0, log=print) -> str:
-    """Both tables (each cell in its own process); returns markdown."""
+        speed_n=(4096, 16384), repeats: int = 3, timeout: int = 3600, seed: int = 0, threads: int | None = None,
+        log=print) -> str:
+    """Both tables (cells in their own processes, with ``threads`` torch threads, default torch's);
+    returns markdown."""
     from graphattn.bench.models import MMAP_ENV
 
     out = []
     if "retrieval" in tables:
         spec = dict(kind="retrieval", methods=list(methods), min_tokens=min_tokens, max_tokens=max_tokens,
                     queries_per_document=queries_per_document, remove=remove, max_documents=max_documents, seed=seed)
-        results = _spawn(spec, timeout)
+        results = _spawn(spec, timeout, threads=threads)
         log(f"  retrieval {results}")
         if "skip" in results:
             out.append(f"Long-document retrieval: {results['skip']}")
@@ -478,7 +480,7 @@ def run(*, tables=("retrieval", "speed"), methods=tuple(METHODS), min_tokens: in
             memory = {}
             for method in methods:
                 memory[method] = _spawn(dict(kind="retrieval-memory", method=method, num_tokens=hi + 2), timeout,
-                                        MMAP_ENV)
+                                        MMAP_ENV, threads)
                 log(f"  retrieval memory {method:10s} {memory[method]}")
             head = (f"Long-document retrieval (pydoc topics): {first['documents']} documents of {lo:,} to {hi:,} "
                     f"tokens, {first['queries']} query sentences starting beyond token 512 of their document, "
@@ -489,15 +491,16 @@ def run(*, tables=("retrieval", "speed"), methods=tuple(METHODS), min_tokens: in
         rows = []
         for n in speed_n:
             for mode in ("fwd", "fwd+bwd"):
-                times = _spawn(dict(kind="speed", n=n, mode=mode, repeats=repeats), timeout)
+                times = _spawn(dict(kind="speed", n=n, mode=mode, repeats=repeats), timeout, threads=threads)
                 memory = {}
                 if "skip" not in times:
                     for name in SPEED_MODELS:
                         memory[name] = _spawn(dict(kind="speed-memory", model_name=name, n=n, mode=mode), timeout,
-                                              MMAP_ENV)
+                                              MMAP_ENV, threads)
                 log(f"  speed n={n:<6d} {mode:8s} {times} {memory}")
                 rows.append((n, mode, times, memory))
-        out.append(f"MiniLM-L6 made long, batch 1, fp32, torch {torch.__version__}, {torch.get_num_threads()} threads; "
+        out.append(f"MiniLM-L6 made long, batch 1, fp32, torch {torch.__version__}, "
+                   f"torch threads: {threads or torch.get_num_threads()}; "
                    f"the two models take turns in one process, medians of {repeats} (wall and process CPU time); "
                    f"peak memory of one step, each model in its own process (glibc mmap threshold 64 KiB, so RSS "
                    f"tracks live tensors)\n\n"
@@ -511,4 +514,7 @@ _WORKERS = {"retrieval": run_retrieval, "retrieval-memory": run_retrieval_memory
 
 if __name__ == "__main__" and "--worker" in sys.argv:
     spec = json.loads(sys.argv[sys.argv.index("--worker") + 1])
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
+    spec.pop("threads", None)
     print(json.dumps(_WORKERS[spec.pop("kind")](**spec)))

@@ -48,7 +48,10 @@ def test_recall_at_k_counts_strictly_better_documents():
 
 
 def test_suite_tables(monkeypatch, capsys):
-    def spawn(spec, timeout, env=None):
+    seen = []
+
+    def spawn(spec, timeout, env=None, threads=None):
+        seen.append(threads)
         kind = spec["kind"]
         if kind == "retrieval":
             return {m: {"recall@1": 0.25 * (i + 1), "recall@5": 1.0, "time_per_doc_s": 0.5, "cpu_per_doc_s": 0.9,
@@ -62,8 +65,9 @@ def test_suite_tables(monkeypatch, capsys):
         return {"peak_rss_gib": peak, "base_rss_gib": 0.5}
 
     monkeypatch.setattr(longdoc, "_spawn", spawn)
-    assert main(["longdoc", "--speed-n", "4096"]) == 0
+    assert main(["longdoc", "--speed-n", "4096", "--threads", "1"]) == 0
     out = capsys.readouterr().out
+    assert set(seen) == {1} and "torch threads: 1;" in out
     assert "39 documents of 2,056 to 3,998 tokens, 98 query sentences" in out and "kept in it" in out
     assert "| longformer | extended to 4,096, Longformer band r=256 + [CLS] global" in out
     assert "| 0.750    |" in out and "| 0.500 / 0.900" in out  # recall@1 of the third method, wall / CPU
