@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 import torch
 
 from graphattn._validate import check_int
-from graphattn.bench._timing import format_table, spawn_worker
+from graphattn.bench._timing import describe_cell, format_table, spawn_worker
 
 __all__ = ["METHODS", "SPEED_MODELS", "Corpus", "build_corpus", "recall_at", "load_method", "embed", "run",
            "run_retrieval", "run_retrieval_memory", "run_speed_times", "run_speed_memory", "retrieval_table",
@@ -458,6 +458,18 @@ def _spawn(spec: dict, timeout: int, env: dict | None = None, threads: int | Non
     return spawn_worker("graphattn.bench.longdoc", dict(spec, threads=threads), timeout, env)
 
 
+def _describe_retrieval(result: dict) -> str:
+    """One method's retrieval cell as a progress line."""
+    return (f"recall@1 {result['recall@1']:.3f}, recall@5 {result['recall@5']:.3f}, "
+            f"model {result['time_per_doc_s']:.3f} s / doc, graphs {result['graphs_per_doc_s']:.3f} s / doc")
+
+
+def _describe_speed(result: dict) -> str:
+    """One model's speed cell as a progress line."""
+    return (f"{result['time_s']:.2f} s (CPU {result['cpu_s']:.2f} s), attention alone {result['attention_s']:.2f} s "
+            f"(CPU {result['attention_cpu_s']:.2f} s)")
+
+
 def run(*, tables=("retrieval", "speed"), methods=tuple(METHODS), min_tokens: int = 2000, max_tokens: int = 4000,
         queries_per_document: int = 3, remove: bool = False, max_documents: int | None = None,
         speed_n=(4096, 16384), repeats: int = 3, timeout: int = 3600, seed: int = 0, threads: int | None = None,
@@ -471,17 +483,19 @@ def run(*, tables=("retrieval", "speed"), methods=tuple(METHODS), min_tokens: in
         spec = dict(kind="retrieval", methods=list(methods), min_tokens=min_tokens, max_tokens=max_tokens,
                     queries_per_document=queries_per_document, remove=remove, max_documents=max_documents, seed=seed)
         results = _spawn(spec, timeout, threads=threads)
-        log(f"  retrieval {results}")
         if "skip" in results:
+            log(f"  retrieval  {describe_cell(results)}")
             out.append(f"Long-document retrieval: {results['skip']}")
         else:
+            for method, result in results.items():
+                log(f"  retrieval  {method:10s} {_describe_retrieval(result)}")
             first = next(iter(results.values()))
             lo, hi = first["doc_tokens"]
             memory = {}
             for method in methods:
                 memory[method] = _spawn(dict(kind="retrieval-memory", method=method, num_tokens=hi + 2), timeout,
                                         MMAP_ENV, threads)
-                log(f"  retrieval memory {method:10s} {memory[method]}")
+                log(f"  retrieval  {method:10s} memory: {describe_cell(memory[method])}")
             head = (f"Long-document retrieval (pydoc topics): {first['documents']} documents of {lo:,} to {hi:,} "
                     f"tokens, {first['queries']} query sentences starting beyond token 512 of their document, "
                     f"{'removed from' if remove else 'kept in'} it; mean-pooled embeddings ranked by cosine; "
@@ -493,11 +507,14 @@ def run(*, tables=("retrieval", "speed"), methods=tuple(METHODS), min_tokens: in
             for mode in ("fwd", "fwd+bwd"):
                 times = _spawn(dict(kind="speed", n=n, mode=mode, repeats=repeats), timeout, threads=threads)
                 memory = {}
-                if "skip" not in times:
+                if "skip" in times:
+                    log(f"  speed n={n:<6d} {mode:8s} {describe_cell(times)}")
+                else:
                     for name in SPEED_MODELS:
                         memory[name] = _spawn(dict(kind="speed-memory", model_name=name, n=n, mode=mode), timeout,
                                               MMAP_ENV, threads)
-                log(f"  speed n={n:<6d} {mode:8s} {times} {memory}")
+                        log(f"  speed n={n:<6d} {mode:8s} {name:6s} {_describe_speed(times[name])}; "
+                            f"memory: {describe_cell(memory[name])}")
                 rows.append((n, mode, times, memory))
         out.append(f"MiniLM-L6 made long, batch 1, fp32, torch {torch.__version__}, "
                    f"torch threads: {threads or torch.get_num_threads()}; "

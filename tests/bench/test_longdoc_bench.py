@@ -66,7 +66,14 @@ def test_suite_tables(monkeypatch, capsys):
 
     monkeypatch.setattr(longdoc, "_spawn", spawn)
     assert main(["longdoc", "--speed-n", "4096", "--threads", "1"]) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
+    progress = captured.err.rstrip().splitlines()  # in words on stderr, one line per cell and model
+    assert len(progress) == 4 + 4 + 2 * 2 and not any("{" in line for line in progress)
+    assert progress[0] == ("  retrieval  truncated  recall@1 0.250, recall@5 1.000, model 0.500 s / doc, "
+                           "graphs 0.100 s / doc")
+    assert progress[-1] == ("  speed n=4096   fwd+bwd  sparse 2.00 s (CPU 5.00 s), attention alone 0.50 s "
+                            "(CPU 1.25 s); memory: peak RSS 1.50 GiB, start RSS 0.50 GiB")
     assert set(seen) == {1} and "torch threads: 1;" in out
     assert "39 documents of 2,056 to 3,998 tokens, 98 query sentences" in out and "kept in it" in out
     assert "| longformer | extended to 4,096, Longformer band r=256 + [CLS] global" in out
@@ -74,6 +81,17 @@ def test_suite_tables(monkeypatch, capsys):
     assert out.count("| 4,096 |") == 4 and "| 3.20x / 4.00x" in out  # CPU 16 / 5 s, wall 8 / 2 s
     assert "| 2.50x" in out  # memory: 2.5 / 1 GiB
     assert "| 75%" in out and "| 25%" in out  # attention share of each model (CPU)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--methods", "dense", "sparse"], "argument --methods: invalid choice: 'sparse'"),
+    (["--speed-n", "0"], "argument --speed-n: expected an int >= 1, got 0"),
+    (["--seed", "-1"], "argument --seed: expected an int >= 0, got -1"),
+])
+def test_argument_mistakes_are_one_line(capsys, args, message):
+    assert main(["longdoc", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"graphattn: error: {message}") and len(err.strip().splitlines()) == 1
 
 
 @pytest.mark.slow
