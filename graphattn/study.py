@@ -6,7 +6,10 @@ that ships with Python itself (the ``pydoc_data`` topics). Each layer's and head
 and values are captured with forward hooks, and for every head we report the dense attention's
 entropy and top-k mass, and, for every sparse pattern, the softmax mass the pattern keeps
 (:func:`graphattn.analysis.attention_recall`) and the relative error of its output
-(:func:`graphattn.analysis.output_error`), next to the top-k oracle at the same budget.
+(:func:`graphattn.analysis.output_error`), next to the top-k oracle at the same budget. End to end,
+the model itself then runs on every pattern (:func:`graphattn.hf.sparsify`, every layer) and the
+study reports the cosine between its final embedding (the mean-pooled last hidden state) and the
+dense model's on the same text.
 """
 
 from __future__ import annotations
@@ -19,8 +22,8 @@ import torch
 
 from graphattn._validate import check_int
 
-__all__ = ["english_text", "load_minilm", "capture_qkv", "study_patterns", "run_study", "format_study",
-           "StudyResult"]
+__all__ = ["english_text", "load_minilm", "capture_qkv", "study_patterns", "token_edges", "embedding_cosines",
+           "run_study", "format_study", "StudyResult"]
 
 
 def english_text() -> str:
@@ -103,6 +106,45 @@ class StudyResult:
     recall: dict = field(default_factory=dict)  # pattern -> [layer][head] mean kept mass
     error: dict = field(default_factory=dict)  # pattern -> [layer][head] output error
     oracle: dict = field(default_factory=dict)  # pattern -> [layer][head] top-k recall at its budget
+    embedding_cosine: dict = field(default_factory=dict)  # pattern -> cosine of final embeddings vs dense
+
+
+def token_edges(g):
+    """``g`` restricted to its tokens (the first ``g.num_tokens`` nodes) and the edges between
+    them: what a pretrained model, which has no states for extra nodes, can run (the study's
+    star and BPT patterns are read this way throughout)."""
+    from graphattn.graph import AttentionGraph
+
+    n = g.num_tokens
+    if n == g.num_nodes:
+        return g
+    keep = (g.edge_index < n).all(dim=0)
+    return AttentionGraph.from_edge_index(g.edge_index[:, keep], n, edge_label=g.edge_label[keep],
+                                          head_mask=None if g.head_mask is None else g.head_mask[keep])
+
+
+def embedding_cosines(model, tokenizer, text: str, num_tokens: int, patterns: dict) -> dict:
+    """For each pattern (an AttentionGraph over the tokens, or a per-layer list of them), the
+    cosine between the mean-pooled last hidden state of ``model`` sparsified with it and that of
+    ``model`` itself, on the first ``num_tokens`` tokens of ``text`` (``model`` is not modified)."""
+    import copy
+
+    from graphattn import hf
+
+    enc = tokenizer(text, return_tensors="pt", truncation=True, max_length=num_tokens)
+
+    def embedding(m):
+        with torch.no_grad():
+            return m(**enc).last_hidden_state[0].double().mean(dim=0)
+
+    dense = embedding(model)
+    sparse = copy.deepcopy(model)
+    out = {}
+    for name, graph in patterns.items():
+        schedule = [token_edges(g) for g in graph] if isinstance(graph, (list, tuple)) else token_edges(graph)
+        hf.sparsify(sparse, schedule)
+        out[name] = float(torch.nn.functional.cosine_similarity(embedding(sparse), dense, dim=0))
+    return out
 
 
 def _content_graphs(q, k, *, num_buckets, num_clusters, seed):
@@ -129,7 +171,10 @@ def run_study(num_tokens: int = 256, *, model=None, tokenizer=None, text: str | 
     n, H = layers[0][0].shape[0], layers[0][0].shape[1]
     patterns = study_patterns(n, radius=radius, seed=seed)
     res = StudyResult(num_tokens=n, layers=len(layers), heads=H, k=2 * radius + 1)
-    bar = Progress(len(layers), "study", enabled=progress)
+    from graphattn.compose import stack_heads
+
+    bar = Progress(len(layers) + 1, "study", enabled=progress)
+    content_schedules: dict = {}  # content-based pattern -> one per-head graph per layer
     for q, k, v in layers:
         scale = q.shape[-1] ** -0.5
         # Dense statistics, one head at a time (n x n per head is small at n <= 512).
@@ -139,7 +184,10 @@ def run_study(num_tokens: int = 256, *, model=None, tokenizer=None, text: str | 
         res.entropy.append(ent.tolist())
         res.topk_mass.append(top.tolist())
         per_head = {name: [g] * H for name, g in patterns.items()}
-        per_head.update(_content_graphs(q, k, num_buckets=8, num_clusters=max(2, n // 32), seed=seed))
+        content = _content_graphs(q, k, num_buckets=8, num_clusters=max(2, n // 32), seed=seed)
+        for name, graphs in content.items():
+            content_schedules.setdefault(name, []).append(stack_heads(graphs))
+        per_head.update(content)
         for name, graphs in per_head.items():
             rec, err, orc = [], [], []
             for h, g in enumerate(graphs):
@@ -151,6 +199,10 @@ def run_study(num_tokens: int = 256, *, model=None, tokenizer=None, text: str | 
             res.error.setdefault(name, []).append(err)
             res.oracle.setdefault(name, []).append(orc)
         bar.step()
+    # End to end: the model on each pattern (the content-based ones on the graphs built above from
+    # the dense model's own queries and keys, layer by layer and head by head).
+    res.embedding_cosine = embedding_cosines(model, tokenizer, text, n, {**patterns, **content_schedules})
+    bar.step()
     return res
 
 
@@ -166,12 +218,15 @@ def format_study(res: StudyResult) -> str:
     uniform = math.log(res.num_tokens)
     layer_rows = [[i, f"{sum(e) / len(e):.2f}", f"{uniform:.2f}", f"{sum(t) / len(t):.3f}"]
                   for i, (e, t) in enumerate(zip(res.entropy, res.topk_mass))]
+    cosine = lambda name: (f"{res.embedding_cosine[name]:.4f}" if name in res.embedding_cosine  # noqa: E731
+                           else "-")
     pattern_rows = [[name, f"{_mean(res.recall[name]):.3f}", f"{_mean(res.oracle[name]):.3f}",
-                     f"{_mean(res.error[name]):.3f}"] for name in res.recall]
+                     f"{_mean(res.error[name]):.3f}", cosine(name)] for name in res.recall]
     head = (f"MiniLM-L6 attention on {res.num_tokens} tokens of the pydoc topics: "
             f"{res.layers} layers x {res.heads} heads")
     return "\n\n".join([
         head,
         format_table(["layer", "entropy (nats)", "uniform", f"top-{res.k} mass"], layer_rows),
-        format_table(["pattern", "kept mass", "top-k oracle at same budget", "output error"], pattern_rows),
+        format_table(["pattern", "kept mass", "top-k oracle at same budget", "output error",
+                      "embedding cosine vs dense"], pattern_rows),
     ])

