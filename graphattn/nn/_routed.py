@@ -31,24 +31,8 @@ from graphattn.compose import stack_heads
 from graphattn.graph import AttentionGraph, EdgeLabel
 from graphattn.nn._engine import FP32_MAX_LOGIT, score_bound
 
-__all__ = ["check_input", "fold_heads", "unfold_heads", "block_layout", "cached_layout", "block_attention",
+__all__ = ["fold_heads", "unfold_heads", "block_layout", "cached_layout", "block_attention",
            "merge_rows", "attend_self_where_keyless", "per_head_graphs", "routed_output"]
-
-
-def check_input(x, embed_dim: int) -> tuple[torch.Tensor, bool]:
-    """``x`` must be ``[N, E]`` or ``[B, N, E]`` floating; returns (``[B, N, E]``, batched)."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"expected x to be a torch.Tensor of shape [N, E] or [B, N, E], got {type(x).__name__}")
-    if x.dim() not in (2, 3):
-        raise ValueError(f"expected x of shape [N, E] or [B, N, E], got {list(x.shape)}")
-    if not x.dtype.is_floating_point:
-        raise TypeError(f"expected x to be a floating-point tensor, got dtype {x.dtype}")
-    if x.shape[-1] != embed_dim:
-        raise ValueError(f"expected x with last dim embed_dim = {embed_dim}, got {x.shape[-1]}")
-    if x.shape[-2] < 1:
-        raise ValueError(f"expected x with N >= 1 tokens, got shape {list(x.shape)}")
-    batched = x.dim() == 3
-    return (x if batched else x.unsqueeze(0)), batched
 
 
 def fold_heads(t: torch.Tensor) -> torch.Tensor:

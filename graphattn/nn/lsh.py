@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from graphattn._random import seed_key
-from graphattn._validate import check_bool, check_float, check_heads, check_int
+from graphattn._validate import check_bool, check_features, check_float, check_heads, check_int
 from graphattn.graph import EdgeLabel
-from graphattn.nn._routed import (attend_self_where_keyless, block_layout, cached_layout, check_input, fold_heads,
+from graphattn.nn._routed import (attend_self_where_keyless, block_layout, cached_layout, fold_heads,
                                   routed_output, unfold_heads)
 from graphattn.nn.attention import reset_projections
 from graphattn.nn.functional import _trust_edge_index, graph_attention, merge_attention
@@ -303,7 +303,7 @@ class LSHAttention(nn.Module):
         return unfold_heads(attend_self_where_keyless(out, lse, vf, dropout_p), B, N, H), lse
 
     def forward(self, x: torch.Tensor, *, return_graph: bool = False):
-        x, batched = check_input(x, self.embed_dim)
+        x, batched = check_features(x, self.embed_dim, min_tokens=1)
         B, N, _ = x.shape
         H, D = self.num_heads, self.head_dim
         q = self.qk_proj(x).view(B, N, H, D)

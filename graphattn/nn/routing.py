@@ -7,9 +7,9 @@ import math
 import torch
 from torch import nn
 
-from graphattn._validate import check_bool, check_float, check_heads, check_int, renamed_parameters
+from graphattn._validate import check_bool, check_features, check_float, check_heads, check_int, renamed_parameters
 from graphattn.graph import EdgeLabel
-from graphattn.nn._routed import (attend_self_where_keyless, block_attention, check_input, fold_heads, merge_rows,
+from graphattn.nn._routed import (attend_self_where_keyless, block_attention, fold_heads, merge_rows,
                                   routed_output, unfold_heads)
 from graphattn.nn.attention import reset_projections
 from graphattn.nn._replay import recorded
@@ -323,7 +323,7 @@ class RoutingAttention(nn.Module):
         return out, edges
 
     def forward(self, x: torch.Tensor, *, return_graph: bool = False):
-        x, batched = check_input(x, self.embed_dim)
+        x, batched = check_features(x, self.embed_dim, min_tokens=1)
         B, N, _ = x.shape
         H, D = self.num_heads, self.head_dim
         q = self.q_proj(x).view(B, N, H, D)
