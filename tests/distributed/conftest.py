@@ -1,17 +1,11 @@
 import os
-import sys
 import tempfile
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))  # spawned ranks import dist_cases by name
-sys.path.insert(0, str(Path(__file__).parent.parent / "nn"))  # the dense oracle (reference.py)
-
-import dist_cases  # noqa: E402
-
-from graphattn import distributed as gd  # noqa: E402
+from graphattn import distributed as gd
+from tests.distributed import dist_cases  # spawned ranks import it by this name (the parent's sys.path)
 
 
 @pytest.fixture(scope="session")

@@ -10,8 +10,8 @@ import functools
 
 import pytest
 import torch
-from dist_cases import CASES, DEFAULT_PLANS, LAYER_CASES, PLANS, inputs, layer_setup
-from reference import dense_attention, dense_bias
+from tests.distributed.dist_cases import CASES, DEFAULT_PLANS, LAYER_CASES, PLANS, inputs, layer_setup
+from tests.nn.reference import dense_attention, dense_bias
 
 from graphattn import distributed as gd
 from graphattn import rules
@@ -109,7 +109,7 @@ def test_layer_equals_single_process_layer(dist_results, world, name, plan):
 
 @pytest.mark.parametrize("world", WORLDS)
 def test_sharded_encoder_equals_single_process_encoder(dist_results, world):
-    from dist_cases import encoder_setup
+    from tests.distributed.dist_cases import encoder_setup
 
     results = [r["encoder"] for r in dist_results(world)]
     enc, graphs, x, w, wg = encoder_setup()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from dist_cases import CASES, EXCHANGE_CASES, _stable_seed
+from tests.distributed.dist_cases import CASES, EXCHANGE_CASES, _stable_seed
 
 from graphattn import distributed as gd
 from graphattn import rules

@@ -11,7 +11,7 @@ import tempfile
 
 import pytest
 import torch
-from fault_cases import disagree, fail_mid_step
+from tests.distributed.fault_cases import disagree, fail_mid_step
 
 from graphattn import distributed as gd
 

@@ -8,7 +8,7 @@ import functools
 
 import pytest
 import torch
-from dist_cases import CASES, MOVES, PLANS
+from tests.distributed.dist_cases import CASES, MOVES, PLANS
 
 from graphattn import distributed as gd
 from graphattn import rules

@@ -11,7 +11,7 @@ from transformers.masking_utils import (  # noqa: E402
 
 from graphattn import hf  # noqa: E402
 from graphattn.hf.attention import graph_attention_forward, padding_mask  # noqa: E402
-from hf_helpers import padded_batch, tiny_bert  # noqa: E402
+from tests.hf.hf_helpers import padded_batch, tiny_bert  # noqa: E402
 
 
 def test_padding_mask_is_the_2d_mask_or_none():

@@ -6,7 +6,7 @@ from graphattn import rules
 pytest.importorskip("transformers", minversion="5.24")
 from graphattn import hf  # noqa: E402
 from graphattn.hf.graphs import LayerGraphs  # noqa: E402
-from hf_helpers import padded_batch, tiny_bert  # noqa: E402
+from tests.hf.hf_helpers import padded_batch, tiny_bert  # noqa: E402
 
 
 class CountingRule:

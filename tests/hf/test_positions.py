@@ -5,7 +5,7 @@ import torch
 
 transformers = pytest.importorskip("transformers", minversion="5.24")
 from graphattn import hf  # noqa: E402
-from hf_helpers import padded_batch, tiny_bert, tiny_gpt2, tiny_llama  # noqa: E402
+from tests.hf.hf_helpers import padded_batch, tiny_bert, tiny_gpt2, tiny_llama  # noqa: E402
 
 
 class Tokenizer:  # the one attribute extend_positions updates

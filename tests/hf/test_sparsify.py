@@ -10,7 +10,7 @@ from graphattn.models import GraphRule
 transformers = pytest.importorskip("transformers", minversion="5.24")
 from graphattn import hf  # noqa: E402
 
-from hf_helpers import assert_real_close, make_reference, padded_batch, tiny_bert, tiny_gpt2, tiny_llama  # noqa: E402
+from tests.hf.hf_helpers import assert_real_close, make_reference, padded_batch, tiny_bert, tiny_gpt2, tiny_llama  # noqa: E402
 
 LENGTHS = [13, 9, 4]  # a padded batch of different lengths (n = 13)
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
-from models_tasks import marker_task, train_classifier
-from reference import dense_attention, dense_bias
+from tests.models.models_tasks import marker_task, train_classifier
+from tests.nn.reference import dense_attention, dense_bias
 
 from graphattn import rules
 from graphattn.models import BPTransformerClassifier

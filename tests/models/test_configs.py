@@ -1,7 +1,7 @@
 import pytest
 import torch
-from model_helpers import dependency, reachability
-from reference import dense_attention, dense_bias
+from tests.models.model_helpers import dependency, reachability
+from tests.nn.reference import dense_attention, dense_bias
 
 from graphattn import rules
 from graphattn.models import (MixedAttention, SparseEncoder, bigbird_encoder, bigbird_etc_encoder, commitment_loss,

@@ -3,7 +3,7 @@ import math
 
 import pytest
 import torch
-from reference import dense_attention
+from tests.nn.reference import dense_attention
 
 from graphattn import rules
 from graphattn.models import CausalRule, DecoderCache, beam_search, greedy_search, row_attention

@@ -2,8 +2,8 @@ import math
 
 import pytest
 import torch
-from model_helpers import band_mask, dependency, reachability
-from reference import dense_attention
+from tests.models.model_helpers import band_mask, dependency, reachability
+from tests.nn.reference import dense_attention
 
 from graphattn import AttentionGraph, rules
 from graphattn.models import FeedForward, GraphRule, SparseEncoder, SparseEncoderLayer

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from model_helpers import band_mask, dependency
+from tests.models.model_helpers import band_mask, dependency
 
 from graphattn import rules
 from graphattn.bench.decode import count_plan_builds

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from models_tasks import marker_task, train_classifier
+from tests.models.models_tasks import marker_task, train_classifier
 
 from graphattn.models import StarTransformerClassifier
 

@@ -1,6 +1,6 @@
 import pytest
 import torch
-from reference import dense_attention, dense_bias
+from tests.nn.reference import dense_attention, dense_bias
 
 from graphattn import compose, rules
 from graphattn.nn import GraphAttention, graph_attention

@@ -3,7 +3,7 @@ reference (torch has no FlexAttention backward on CPU), and its BlockMask agains
 
 import pytest
 import torch
-from reference import dense_attention, dense_bias, dense_mask
+from tests.nn.reference import dense_attention, dense_bias, dense_mask
 
 from graphattn import compose, rules
 from graphattn.nn.flex import _FlexTables, flex_graph_attention

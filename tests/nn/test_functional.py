@@ -1,6 +1,6 @@
 import pytest
 import torch
-from reference import dense_attention, dense_bias, dense_mask
+from tests.nn.reference import dense_attention, dense_bias, dense_mask
 
 from graphattn import compose, rules
 from graphattn.nn import graph_attention

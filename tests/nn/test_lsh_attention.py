@@ -1,6 +1,6 @@
 import pytest
 import torch
-from reference import dense_attention, head_graph, influence_matrix
+from tests.nn.reference import dense_attention, head_graph, influence_matrix
 
 from graphattn import AttentionGraph, EdgeLabel, rules
 from graphattn.nn import LSHAttention

@@ -2,7 +2,7 @@ import math
 
 import pytest
 import torch
-from reference import dense_attention, head_graph, influence_matrix
+from tests.nn.reference import dense_attention, head_graph, influence_matrix
 
 from graphattn import rules
 from graphattn.nn import RoutingAttention

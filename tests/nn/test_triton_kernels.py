@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from triton_cases import CASES
+from tests.nn.triton_cases import CASES
 
 from graphattn.nn import triton as fused
 
@@ -31,13 +31,12 @@ needs_triton = pytest.mark.skipif(not HAS_TRITON, reason="triton is not installe
 
 def run_cases(device: str):
     """Run every case in one subprocess; returns ({case: result}, the CompletedProcess)."""
-    env = dict(os.environ, GRAPHATTN_TRITON_DEVICE=device,
-               PYTHONPATH=os.pathsep.join([str(ROOT), str(HERE), os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, GRAPHATTN_TRITON_DEVICE=device)
     if device == "cpu":
         env["TRITON_INTERPRET"] = "1"
     else:
         env.pop("TRITON_INTERPRET", None)
-    proc = subprocess.run([sys.executable, str(HERE / "triton_cases.py")], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "tests.nn.triton_cases"], capture_output=True, text=True,
                           env=env, cwd=ROOT, timeout=600)
     results = {}
     for line in proc.stdout.splitlines():

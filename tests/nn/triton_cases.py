@@ -1,7 +1,7 @@
 """Cases for the fused Triton kernels: under the Triton interpreter on CPU, or compiled on CUDA.
 
 Triton chooses interpreter or compiled mode when triton is first imported, so these cases run
-in a subprocess (``python tests/nn/triton_cases.py [case ...]`` prints one JSON line per case):
+in a subprocess (``python -m tests.nn.triton_cases [case ...]`` from the repository root prints one JSON line per case):
 on CPU with ``TRITON_INTERPRET=1``, or on the GPU with ``GRAPHATTN_TRITON_DEVICE=cuda``.
 ``test_triton_kernels.py`` starts it and reports every case as its own test. Each case checks
 the kernels against the float64 dense reference (computed on CPU; forward and gradients) on
@@ -16,7 +16,7 @@ import time
 import traceback
 
 import torch
-from reference import dense_attention, dense_bias, dense_mask
+from tests.nn.reference import dense_attention, dense_bias, dense_mask
 
 from graphattn import compose, rules
 from graphattn.nn._engine import GraphAttentionFunction
@@ -399,10 +399,10 @@ CASES["split-dropout-per-head"] = case_split_with_dropout_and_heads
 def main(names) -> int:
     """Run the cases (all when ``names`` is empty); one JSON line per case on stdout."""
     if DEVICE.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-        print("triton_cases.py on CPU needs TRITON_INTERPRET=1 in the environment", file=sys.stderr)
+        print("tests.nn.triton_cases on CPU needs TRITON_INTERPRET=1 in the environment", file=sys.stderr)
         return 2
     if DEVICE.type == "cuda" and not torch.cuda.is_available():
-        print("triton_cases.py: GRAPHATTN_TRITON_DEVICE=cuda but torch sees no CUDA device", file=sys.stderr)
+        print("tests.nn.triton_cases: GRAPHATTN_TRITON_DEVICE=cuda but torch sees no CUDA device", file=sys.stderr)
         return 2
     for name in names or CASES:
         t0 = time.perf_counter()
