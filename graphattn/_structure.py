@@ -107,7 +107,10 @@ class Lifted:
 
     def materialize(self):
         from graphattn.compose import _lift_edges
+        from graphattn.rules._build import check_edges
 
+        check_edges(f"the edges of a block-lifted graph (n={self.n}, block_size={self.block_size})",
+                    self.num_edges())
         return _lift_edges(self.block_graph, self.block_size, self.n, self.start, self.stop)
 
     def slice(self, start: int, stop: int) -> "Lifted":

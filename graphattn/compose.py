@@ -55,6 +55,7 @@ def lift_blocks(
     if block_graph.relative is not None:
         raise ValueError("expected block_graph without relative positions (they do not lift to tokens)")
     start, stop = check_query_range(queries, num_tokens)
+    check_memory(f"lift_blocks(num_tokens={num_tokens:,}): the node types", num_tokens, block_graph.device)
     node_type = torch.zeros(num_tokens, dtype=torch.int8, device=block_graph.device)
     return AttentionGraph._implicit(num_tokens, node_type, Lifted(block_graph, block, num_tokens, start, stop))
 

@@ -69,6 +69,9 @@ _BIGBIRD_RENAMES = dict(block="block_size", window_blocks="num_window_blocks", r
 
 
 def _window_exclusions(rows: torch.Tensor, radius: int) -> torch.Tensor:
+    # rows are block ids in [0, nb): offsets of nb or more land outside and are padding anyway, so
+    # a window wider than the sequence costs no memory in its width (same draws, tested).
+    radius = min(radius, rows.numel())
     return rows[:, None] + torch.arange(-radius, radius + 1)
 
 

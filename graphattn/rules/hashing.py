@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from graphattn._memory import check_memory
 from graphattn._random import seed_key
 from graphattn._validate import check_int
 from graphattn.graph import AttentionGraph, EdgeLabel
@@ -43,6 +44,11 @@ def _check_hash_args(x, num_buckets, num_hashes) -> tuple[torch.Tensor, int, int
     if num_buckets % 2:
         raise ValueError(f"expected num_buckets to be even (angular LSH uses [xR ; -xR]), got {num_buckets}")
     num_hashes = check_int("num_hashes", num_hashes, minimum=1)
+    # The rotations [num_hashes, d, num_buckets / 2] (float64), the projections and their
+    # negation [num_hashes, n, num_buckets] (float64 at most), the bucket counts of every round.
+    n, d = x.shape
+    check_memory(f"hashing {n:,} vectors into {num_buckets:,} buckets x {num_hashes} rounds",
+                 8 * num_hashes * (d * num_buckets // 2 + 2 * n * num_buckets + num_buckets))
     return x, num_buckets, num_hashes
 
 

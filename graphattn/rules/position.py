@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from graphattn._memory import check_memory
 from graphattn._validate import check_bool, check_int, check_query_range, renamed_parameters
 from graphattn.compose import lift_blocks
 from graphattn.graph import AttentionGraph, EdgeLabel
@@ -30,6 +31,12 @@ def full(n: int, *, queries: range | None = None) -> AttentionGraph:
     return AttentionGraph._trusted(torch.stack([key, query]), n, token_types(n), EdgeLabel.FULL)
 
 
+def _check_offsets(what: str, count: int) -> None:
+    # A window graph holds its offsets (int64) and counts its edges with a few offset-sized
+    # temporaries: O(offsets), at most 2n - 1 of them.
+    check_memory(f"{what}: {count:,} window offsets", 5 * 8 * count)
+
+
 def _window(n, offsets, label, queries) -> AttentionGraph:
     """A window graph: its edge list is built when read (:class:`graphattn._structure.Window`)."""
     start, stop = check_query_range(queries, n)
@@ -51,7 +58,11 @@ def band(n: int, *, radius: int, causal: bool = False, queries: range | None = N
     n = check_int("n", n, minimum=0)
     radius = check_int("radius", radius, minimum=0)
     causal = check_bool("causal", causal)
-    offsets = torch.arange(-radius, 1 if causal else radius + 1)
+    # Offsets of n or more reach no key: the same graph from at most 2n - 1 offsets (a radius far
+    # beyond n must not cost memory in the radius).
+    reach = min(radius, max(n - 1, 0))
+    _check_offsets(f"rules.band(n={n}, radius={radius})", reach + 1 if causal else 2 * reach + 1)
+    offsets = torch.arange(-reach, 1 if causal else reach + 1)
     return _window(n, offsets, EdgeLabel.BAND, queries)
 
 
@@ -70,7 +81,10 @@ def dilated(n: int, *, radius: int, dilation: int, causal: bool = False,
     radius = check_int("radius", radius, minimum=0)
     dilation = check_int("dilation", dilation, minimum=1)
     causal = check_bool("causal", causal)
-    offsets = torch.arange(-radius, 1 if causal else radius + 1) * dilation
+    reach = min(radius, max(n - 1, 0) // dilation)  # as in band: only offsets that can reach a key
+    _check_offsets(f"rules.dilated(n={n}, radius={radius}, dilation={dilation})",
+                   reach + 1 if causal else 2 * reach + 1)
+    offsets = torch.arange(-reach, 1 if causal else reach + 1) * dilation
     return _window(n, offsets, EdgeLabel.BAND if dilation == 1 else EdgeLabel.DILATED, queries)
 
 
@@ -89,6 +103,7 @@ def block_local(n: int, *, block_size: int, queries: range | None = None) -> Att
     n = check_int("n", n, minimum=0)
     block_size = check_int("block_size", block_size, minimum=1)
     blocks = -(-n // block_size)
+    check_edges(f"rules.block_local(n={n}, block_size={block_size}): its block graph", blocks)
     diag = torch.arange(blocks)
     block_graph = AttentionGraph._trusted(torch.stack([diag, diag]), blocks, token_types(blocks), EdgeLabel.BLOCK)
     return lift_blocks(block_graph, block_size=block_size, num_tokens=n, queries=queries)

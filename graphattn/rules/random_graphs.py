@@ -73,9 +73,9 @@ def erdos_renyi(n: int, *, p: float, seed=None, queries: range | None = None) ->
     n = check_int("n", n, minimum=0)
     p = check_float("p", p, minimum=0.0, maximum=1.0)
     start, stop = check_query_range(queries, n)
-    rows = torch.arange(start, stop)
-    expected = rows.numel() * (1 + (n - 1) * p)
+    expected = (stop - start) * (1 + (n - 1) * p)  # the self-loops and per-row arrays count too
     check_edges(f"rules.erdos_renyi(n={n}, p={p})", int(expected * 1.05) + 64, _ERDOS_BYTES)
+    rows = torch.arange(start, stop)
     owner, step, keys, one_chunk = _geometric_skips(seed_key(seed), rows, n, p)
     # Each row's keys come in increasing order of step; the self-loop goes in between, after the
     # keys below the query: every edge's output position is known without a sort.

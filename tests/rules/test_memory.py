@@ -110,7 +110,8 @@ def test_refused_before_allocating_under_a_small_budget(name):
     (lambda: rules.full(10**6), "rules.full(n=1000000): 1,000,000,000,000 edges"),
     (lambda: rules.band(10**9, radius=10**4).edge_index,
      "the edges of a window graph (n=1000000000, 20001 offsets): 20,000,899,990,000 edges"),
-    (lambda: rules.bigbird(10**7, block_size=64, seed=0).edge_index, "compose.lift_blocks(block_size=64, num_tokens=10000000)"),
+    (lambda: rules.bigbird(10**7, block_size=64, seed=0).edge_index,
+     "the edges of a block-lifted graph (n=10000000, block_size=64)"),
     (lambda: rules.bigbird(10**11, block_size=64, seed=0), "rules.bigbird(n=100000000000, block_size=64): its block graph"),
     (lambda: rules.random(10**8, num_random_keys=64, seed=0), "rules.random(n=100000000, num_random_keys=64)"),
 ])
