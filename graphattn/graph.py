@@ -1,6 +1,6 @@
 """The attention graph: one immutable value that every rule builds and every layer consumes.
 
-Convention (``shared/CATALOG.md``): ``edge_index[0]`` is the key / source ``j``, ``edge_index[1]``
+Convention (the package docstring and the README's Conventions): ``edge_index[0]`` is the key / source ``j``, ``edge_index[1]``
 the query / target ``i``; the edge ``(j, i)`` means "query ``i`` attends key ``j``" (PyG's default
 ``source_to_target`` flow, softmax grouped by ``edge_index[1]``). Edges are unique and stored sorted
 by query, then key, so the query-major CSR layout is a free by-product.
@@ -640,27 +640,24 @@ def union(*graphs: AttentionGraph) -> AttentionGraph:
 
 def intersection(a: AttentionGraph, b: AttentionGraph) -> AttentionGraph:
     """Edges in both (labels from ``a``; head masks AND-ed, edges left with no head dropped)."""
-    a, b = _as_graphs((a, b))
-    _check_same_nodes(a, b, "intersection")
-    found, pos = locate(_codes(b), _codes(a))
-    heads = a.num_heads or b.num_heads
-    if heads is None:
-        return a._select(found)
-    mask = _heads(a, heads) & _heads(b, heads)[pos] & found[:, None]
-    keep = mask.any(dim=1)
-    g = a._select(keep)
-    return AttentionGraph._trusted(g.edge_index, g.num_nodes, g.node_type, g.edge_label, g.relative, mask[keep])
+    return _filter_by(a, b, "intersection", keep_found=True)
 
 
 def difference(a: AttentionGraph, b: AttentionGraph) -> AttentionGraph:
     """Edges of ``a`` not in ``b`` (per head when either graph has a head layout)."""
+    return _filter_by(a, b, "difference", keep_found=False)
+
+
+def _filter_by(a, b, what: str, keep_found: bool) -> AttentionGraph:
+    """``a``'s edges (per head) that are in ``b`` (``keep_found``) or not in ``b``."""
     a, b = _as_graphs((a, b))
-    _check_same_nodes(a, b, "difference")
+    _check_same_nodes(a, b, what)
     found, pos = locate(_codes(b), _codes(a))
     heads = a.num_heads or b.num_heads
     if heads is None:
-        return a._select(~found)
-    mask = _heads(a, heads) & ~(_heads(b, heads)[pos] & found[:, None])
+        return a._select(found if keep_found else ~found)
+    in_b = _heads(b, heads)[pos] & found[:, None]
+    mask = _heads(a, heads) & (in_b if keep_found else ~in_b)
     keep = mask.any(dim=1)
     g = a._select(keep)
     return AttentionGraph._trusted(g.edge_index, g.num_nodes, g.node_type, g.edge_label, g.relative, mask[keep])
