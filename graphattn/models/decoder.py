@@ -15,7 +15,8 @@ from graphattn._validate import check_float, check_int
 from graphattn.graph import EdgeLabel
 from graphattn.models._ragged import batched_graph, check_mask, check_tokens, lru_get, ragged_mask
 from graphattn.models.bpt import _WithLevels
-from graphattn.models.decoding import CausalRule, DecoderCache, project_heads, row_attention, search
+from graphattn.models.decoding import (CausalRule, DecoderCache, cached_self_attention, project_heads,
+                                       row_attention, search)
 from graphattn.models.encoder import SparseEncoderLayer
 from graphattn.models.star import embed_std
 from graphattn.rules.bpt import bpt_levels
@@ -222,17 +223,10 @@ class SparseDecoder(nn.Module):
         forward at that position (in evaluation mode; steps never apply dropout)."""
         tokens = self._check_step(tokens, cache)
         positions = cache.lengths
-        B, H = tokens.shape[0], self.num_heads
         x = self._inputs(tokens, positions)
         index, valid = self.graph.row_keys(positions)
         for l, layer in enumerate(self.layers):
-            a = layer.attn
-            h = layer.norm1(x)
-            q, k, v = (project_heads(p, h, H) for p in (a.q_proj, a.k_proj, a.v_proj))
-            cache.write(l, positions, k, v)
-            out = row_attention(q[:, None], cache.keys[l], cache.values[l], valid[:, None],
-                                None if index is None else index[:, None])
-            x = x + a.out_proj(out.reshape(B, -1))
+            x = x + cached_self_attention(layer.attn, layer.norm1(x), cache, l, positions, index, valid)
             x = x + layer.ff(layer.norm2(x))
         cache.lengths = positions + 1
         return self.output(self.norm(x))

@@ -24,8 +24,8 @@ from graphattn.graph import AttentionGraph, NodeType
 from graphattn.models._ragged import lru_get
 from graphattn.rules.position import full
 
-__all__ = ["CausalRule", "DecoderCache", "row_attention", "project_heads", "greedy_search", "beam_search",
-           "search"]
+__all__ = ["CausalRule", "DecoderCache", "row_attention", "project_heads", "cached_self_attention",
+           "greedy_search", "beam_search", "search"]
 
 _ROW_CHUNK = 64  # query rows a CausalRule builds (and caches) at once while decoding
 
@@ -214,6 +214,20 @@ def project_heads(linear: nn.Linear, x: torch.Tensor, num_heads: int) -> torch.T
     """``linear(x)`` split into heads: ``[..., E] -> [..., H, E / H]``."""
     y = linear(x)
     return y.view(*y.shape[:-1], num_heads, y.shape[-1] // num_heads)
+
+
+def cached_self_attention(attn, h: torch.Tensor, cache: "DecoderCache", layer: int, positions: torch.Tensor,
+                          index: torch.Tensor | None, valid: torch.Tensor) -> torch.Tensor:
+    """One decoding step of a self-attention layer ``attn`` (its ``q_proj``, ``k_proj``,
+    ``v_proj``, ``out_proj``, ``num_heads``): stores the key and value of ``h [B, E]`` at
+    ``positions`` in ``cache`` (layer ``layer``), attends the row's keys (``index``, ``valid``
+    ``[B, m]``, see :meth:`CausalRule.row_keys`) and returns the projected output ``[B, E]``."""
+    B, H = h.shape[0], attn.num_heads
+    q, k, v = (project_heads(p, h, H) for p in (attn.q_proj, attn.k_proj, attn.v_proj))
+    cache.write(layer, positions, k, v)
+    out = row_attention(q[:, None], cache.keys[layer], cache.values[layer], valid[:, None],
+                        None if index is None else index[:, None])
+    return attn.out_proj(out.reshape(B, -1))
 
 
 def row_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor,

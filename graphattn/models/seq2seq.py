@@ -12,7 +12,8 @@ from torch import nn
 from graphattn import rules
 from graphattn._validate import check_features, check_float, check_int
 from graphattn.models._ragged import batched_graph, check_mask, check_tokens, lru_get, ragged_mask
-from graphattn.models.decoding import CausalRule, DecoderCache, project_heads, row_attention, search
+from graphattn.models.decoding import (CausalRule, DecoderCache, cached_self_attention, project_heads,
+                                       row_attention, search)
 from graphattn.models.encoder import FeedForward, SinusoidalPositions, SparseEncoder
 from graphattn.models.star import embed_std
 from graphattn.nn.attention import GraphAttention
@@ -109,13 +110,8 @@ class DecoderLayer(nn.Module):
         attends the row's keys (``index``, ``valid`` ``[B, m]``, see
         :meth:`CausalRule.row_keys`) and the cached cross-attention keys; returns ``[B, E]``."""
         B, H = x.shape[0], self.num_heads
-        sa, ca = self.self_attn, self.cross_attn
-        h = self.norm1(x)
-        q, k, v = (project_heads(p, h, H) for p in (sa.q_proj, sa.k_proj, sa.v_proj))
-        cache.write(layer, positions, k, v)
-        out = row_attention(q[:, None], cache.keys[layer], cache.values[layer], valid[:, None],
-                            None if index is None else index[:, None])
-        x = x + sa.out_proj(out.reshape(B, -1))
+        ca = self.cross_attn
+        x = x + cached_self_attention(self.self_attn, self.norm1(x), cache, layer, positions, index, valid)
         q = project_heads(ca.q_proj, self.norm2(x), H)
         out = row_attention(q[:, None], cache.cross_keys[layer], cache.cross_values[layer], cache.cross_mask[:, None])
         x = x + ca.out_proj(out.reshape(B, -1))
