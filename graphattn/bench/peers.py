@@ -16,6 +16,8 @@ from typing import Callable
 
 import torch
 
+from graphattn.bench.cases import BLOCK, RADIUS
+
 __all__ = ["Peer", "register", "get", "names", "dense_sdpa", "blocked_band", "gather_scatter", "sparse_csr",
            "band_block_mask", "flex_band", "hf_longformer", "hf_bigbird", "lucidrains_routing"]
 
@@ -237,8 +239,6 @@ def _build_dense(graph, pattern, n, H, D, device):
 
 
 def _build_flex(graph, pattern, n, H, D, device):
-    from graphattn.bench.cases import RADIUS
-
     if pattern == "band":
         return flex_band(n, RADIUS, device)
     # Other patterns: FlexAttention over graphattn's plan-built BlockMask (the FLEX backend).
@@ -259,20 +259,15 @@ def _build_hf(make):
     return build
 
 
-def _cases():
-    from graphattn.bench import cases
-    return cases
-
-
 _ALL = ("band", "bigbird", "random")
 register(Peer("dense_sdpa", "scaled_dot_product_attention over all n^2 pairs (CPU: the graph as a bool mask; "
                             "CUDA: flash attention without a mask)",
               {"cpu": _ALL, "cuda": _ALL}, ("cpu", "cuda"), _build_dense))
 register(Peer("blocked", "plain-torch blocked sliding window (3r keys per query block, band mask)",
               {"cpu": ("band",)}, ("cpu",),
-              lambda graph, pattern, n, H, D, device: (lambda q, k, v: blocked_band(q, k, v, _cases().RADIUS))))
+              lambda graph, pattern, n, H, D, device: (lambda q, k, v: blocked_band(q, k, v, RADIUS))))
 register(Peer("hf_longformer", "HF transformers' LongformerSelfAttention (projections included)",
-              {"cpu": ("band",)}, ("cpu",), _build_hf(lambda n, H, D: hf_longformer(n, H, D, _cases().RADIUS))))
+              {"cpu": ("band",)}, ("cpu",), _build_hf(lambda n, H, D: hf_longformer(n, H, D, RADIUS))))
 register(Peer("gather_scatter", "PyG TransformerConv's core: gather per edge, utils.softmax, scatter",
               {"cpu": _ALL, "cuda": _ALL}, ("cpu", "cuda"),
               lambda graph, pattern, n, H, D, device: (
@@ -284,7 +279,7 @@ register(Peer("sparse_csr", "torch.sparse CSR per head (sampled_addmm, segment s
 register(Peer("flex", "compiled FlexAttention (band: the native mask_mod; others: graphattn's BlockMask)",
               {"cpu": ("band",), "cuda": _ALL}, ("cuda",), _build_flex))
 register(Peer("hf_bigbird", "HF transformers' BigBirdBlockSparseAttention (projections included)",
-              {"cpu": ("bigbird",)}, ("cpu",), _build_hf(lambda n, H, D: hf_bigbird(n, H, D, _cases().BLOCK))))
+              {"cpu": ("bigbird",)}, ("cpu",), _build_hf(lambda n, H, D: hf_bigbird(n, H, D, BLOCK))))
 
 
 def lucidrains_routing(n: int, dim: int, heads: int, window: int):
