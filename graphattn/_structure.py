@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["Window", "Lifted"]
+__all__ = ["Window", "WindowWithEdges", "Lifted"]
 
 
 class Window:
@@ -64,6 +64,59 @@ class Window:
 
     def to(self, device) -> "Window":
         return Window(self.n, self.offsets, self.label, self.start, self.stop, device)
+
+    def contains(self, key: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        """bool ``[E]``: which edges ``(key, query)`` are the window's."""
+        off = self.offsets.to(key.device)
+        if off.numel() == 0:
+            return torch.zeros(key.shape, dtype=torch.bool, device=key.device)
+        d = key - query
+        at = torch.searchsorted(off, d).clamp_max(off.numel() - 1)
+        return (off[at] == d) & (query >= self.start) & (query < self.stop)
+
+    def keys_before(self, key: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
+        """int64 ``[E]``: the window's keys below ``key`` in the row of ``query`` (offsets ``o``
+        with ``0 <= query + o < key``; none outside the query range)."""
+        off = self.offsets.to(key.device)
+        below = torch.searchsorted(off, key - query) - torch.searchsorted(off, -query)
+        inside = (query >= self.start) & (query < self.stop)
+        return torch.where(inside, below.clamp_min(0), torch.zeros_like(below))
+
+
+class WindowWithEdges:
+    """A :class:`Window` and a few ``extra`` edges outside it: Longformer's band and its global
+    tokens' rows and columns (``O(n g)`` edges, kept as an AttentionGraph over the same nodes,
+    disjoint from the window, its queries inside the window's query range). The graph is the
+    union ``window | extra``: shared edges would keep the window's label, and there are none."""
+
+    num_heads = None
+
+    def __init__(self, window: Window, extra):
+        self.window, self.extra = window, extra
+
+    @property
+    def n(self) -> int:
+        return self.window.n
+
+    @property
+    def device(self):
+        return self.window.device
+
+    def counts(self) -> torch.Tensor:
+        return self.window.counts() + torch.bincount(self.extra.edge_index[1], minlength=self.n)
+
+    def num_edges(self) -> int:
+        return self.window.num_edges() + self.extra.num_edges
+
+    def materialize(self):
+        return self.window.materialize() | self.extra
+
+    def slice(self, start: int, stop: int) -> "WindowWithEdges":
+        a, b = max(start, self.window.start), min(stop, self.window.stop)
+        return WindowWithEdges(self.window.slice(start, stop), self.extra.query_slice(a, max(a, b)))
+
+    def to(self, device) -> "WindowWithEdges":
+        return WindowWithEdges(self.window.to(device), self.extra.to(device))
 
 
 class Lifted:

@@ -395,12 +395,14 @@ def structural_plan(structure, *, tile: int = 64, dense_threshold: float = 0.25)
     grouped differently: blocks whose masks are the same form one group with one shared mask), no
     CSR part, and no ``pos`` / ``edge_id``. O(query blocks x tiles) work; only the border blocks'
     masks are materialised."""
-    from graphattn._structure import Lifted, Window
+    from graphattn._structure import Lifted, Window, WindowWithEdges
 
     tile = check_int("tile", tile, minimum=1)
     dense_threshold = check_float("dense_threshold", dense_threshold, minimum=0.0, maximum=1.0)
     if isinstance(structure, Window):
         return _window_plan(structure, tile, dense_threshold)
+    if isinstance(structure, WindowWithEdges):
+        return _window_with_edges_plan(structure, tile, dense_threshold)
     if isinstance(structure, Lifted):
         return _lifted_plan(structure, tile, dense_threshold)
     return None
@@ -444,41 +446,120 @@ def _dense_enough(mask: torch.Tensor, kblocks: torch.Tensor, qblocks: torch.Tens
 
 
 def _window_plan(w, T: int, thr: float) -> TilingPlan | None:
+    layout = _window_layout(w, T, thr)
+    return None if layout is None else _plan_from_groups(w.n, T, layout.groups, w.device)
+
+
+class _WindowLayout:
+    """A window's dense tiles: per query block ``I`` the key tiles ``kf[I] .. kl[I]`` (where
+    ``present[I]``), and the groups of :func:`_plan_from_groups`."""
+
+    def __init__(self, w, T: int):
+        n, lo, hi = w.n, w.start, w.stop
+        self.w, self.T = w, T
+        self.omin, self.omax = int(w.offsets[0]), int(w.offsets[-1])
+        I = torch.arange(-(-n // T))
+        self.r_lo = torch.clamp(I * T, min=lo)
+        self.r_hi = torch.clamp(torch.clamp((I + 1) * T, max=n), max=hi)
+        # Row i has keys max(0, i + omin) .. min(n - 1, i + omax); a block's tiles span its rows'.
+        k_first = torch.clamp(self.r_lo + self.omin, min=0)
+        k_last = torch.clamp(self.r_hi - 1 + self.omax, max=n - 1)
+        self.present = (self.r_hi > self.r_lo) & (k_last >= k_first)
+        self.kf, self.kl = k_first // T, k_last // T
+        # Interior blocks (full rows in range, every key inside [0, n), every key tile full) have
+        # one geometry: one shared mask. The border blocks are planned one by one.
+        self.interior = (self.present & (self.r_lo == I * T) & (self.r_hi == (I + 1) * T) & (I * T + self.omin >= 0)
+                         & ((I + 1) * T - 1 + self.omax <= n - 1) & ((self.kl + 1) * T <= n))
+        self.groups = []
+
+    def block_mask(self, b: int) -> torch.Tensor:
+        """bool ``[1, 1, T, c*T]``: the window's cells in the tiles of query block ``b``."""
+        w, T = self.w, self.T
+        c = int(self.kl[b] - self.kf[b]) + 1
+        i = b * T + torch.arange(T)[:, None]
+        j = int(self.kf[b]) * T + torch.arange(c * T)[None, :]
+        d = j - i
+        inside = (j < w.n) & (i >= w.start) & (i < w.stop)
+        return ((d >= self.omin) & (d <= self.omax) & inside)[None, None]
+
+    def kblocks(self, members: torch.Tensor) -> torch.Tensor:
+        c = int(self.kl[members[0]] - self.kf[members[0]]) + 1
+        return self.kf[members][:, None] + torch.arange(c)
+
+
+def _window_layout(w, T: int, thr: float, alone: torch.Tensor | None = None) -> _WindowLayout | None:
+    """The window's groups, or None when a tile of it is below the dense threshold. ``alone``:
+    bool ``[QB]``, blocks to plan one by one even when interior (their masks will change)."""
     if w.offsets.numel() == 0 or not w.contiguous:
         return None
-    n, lo, hi = w.n, w.start, w.stop
-    omin, omax = int(w.offsets[0]), int(w.offsets[-1])
-    I = torch.arange(-(-n // T))
-    r_lo = torch.clamp(I * T, min=lo)
-    r_hi = torch.clamp(torch.clamp((I + 1) * T, max=n), max=hi)
-    # Row i has keys max(0, i + omin) .. min(n - 1, i + omax); a block's tiles span its rows'.
-    k_first = torch.clamp(r_lo + omin, min=0)
-    k_last = torch.clamp(r_hi - 1 + omax, max=n - 1)
-    present = (r_hi > r_lo) & (k_last >= k_first)
-    kf, kl = k_first // T, k_last // T
-    # Interior blocks (full rows in range, every key inside [0, n), every key tile full) have one
-    # geometry: one shared mask. The border blocks are planned one by one.
-    interior = (present & (r_lo == I * T) & (r_hi == (I + 1) * T) & (I * T + omin >= 0)
-                & ((I + 1) * T - 1 + omax <= n - 1) & ((kl + 1) * T <= n))
-    border = (present & ~interior).nonzero().flatten()
-    check_memory(f"the tiling plan of a band (n={n:,}, tile {T})",
-                 2 * sum(T * T * (int(kl[b] - kf[b]) + 1) for b in border.tolist()) + 64 * I.numel())
-    groups = []
+    lay = _WindowLayout(w, T)
+    interior = lay.interior if alone is None else lay.interior & ~alone
+    border = (lay.present & ~interior).nonzero().flatten()
+    check_memory(f"the tiling plan of a band (n={w.n:,}, tile {T})",
+                 2 * sum(T * T * (int(lay.kl[b] - lay.kf[b]) + 1) for b in border.tolist()) + 64 * lay.kf.numel())
     for members in [interior.nonzero().flatten()] + [border[b:b + 1] for b in range(border.numel())]:
         if not members.numel():
             continue
-        first = members[:1]
-        c = int(kl[first] - kf[first]) + 1
-        i = first[:, None] * T + torch.arange(T)  # [1, T]
-        j = kf[first][:, None] * T + torch.arange(c * T)  # [1, cT]
-        d = j[:, None, :] - i[:, :, None]
-        inside = (j[:, None, :] < n) & (i[:, :, None] >= lo) & (i[:, :, None] < hi)
-        mask = ((d >= omin) & (d <= omax) & inside)[:, None]
-        kblocks = kf[members][:, None] + torch.arange(c)
-        if not _dense_enough(mask, kblocks[:1], first, n, T, thr):
+        mask, kblocks = lay.block_mask(int(members[0])), lay.kblocks(members)
+        if not _dense_enough(mask, kblocks[:1], members[:1], w.n, T, thr):
             return None
+        lay.groups.append((members, kblocks, mask))
+    return lay
+
+
+def _window_with_edges_plan(s, T: int, thr: float) -> TilingPlan | None:
+    """A window plus extra edges (Longformer's globals): the window's plan, the extra edges that
+    fall in its tiles set in those blocks' masks, the others a CSR part whose edge ids are their
+    places in the graph's (query, key)-sorted edge list, computed from the structure."""
+    w, n = s.window, s.window.n
+    key, query = (t.cpu() for t in s.extra.edge_index)
+    QB = -(-n // T)
+    if w.offsets.numel() == 0 or not w.contiguous:
+        return None
+    lay = _WindowLayout(w, T)  # the window's tiles, to place the extra edges
+    qb, kb = query // T, key // T
+    in_tiles = lay.present[qb] & (kb >= lay.kf[qb]) & (kb <= lay.kl[qb])
+    # The extra edges outside the window's tiles must leave their tiles sparse, as the
+    # edge-list plan would (only extra edges lie there).
+    out_q, out_k = query[~in_tiles], key[~in_tiles]
+    if out_q.numel():
+        KB = QB
+        codes, counts = torch.unique((out_q // T) * KB + out_k // T, return_counts=True)
+        rows_in = torch.clamp(n - (codes // KB) * T, max=T)
+        cols_in = torch.clamp(n - (codes % KB) * T, max=T)
+        if bool((counts >= thr * rows_in * cols_in).any()):
+            return None
+    touched = torch.zeros(QB, dtype=torch.bool)
+    touched[qb[in_tiles]] = True
+    lay = _window_layout(w, T, thr, alone=touched)
+    if lay is None:
+        return None
+    groups = []
+    for members, kblocks, mask in lay.groups:
+        b = int(members[0])
+        if members.numel() == 1 and bool(touched[b]):
+            sel = in_tiles & (qb == b)
+            cols = key[sel] - int(lay.kf[b]) * T
+            mask = mask.clone()
+            mask[0, 0, query[sel] - b * T, cols] = True
         groups.append((members, kblocks, mask))
-    return _plan_from_groups(n, T, groups, w.device)
+    plan = _plan_from_groups(n, T, groups, w.device)
+    if out_q.numel():
+        # Edge ids: the row's start in the whole graph, plus the window's and the extra keys
+        # before this one in its row.
+        row_start = exclusive_cumsum(s.counts().cpu())
+        extra_ptr = exclusive_cumsum(torch.bincount(query, minlength=n))
+        rank = torch.arange(query.numel()) - extra_ptr[query]
+        eid = row_start[query] + w.keys_before(key, query) + rank
+        s_eid = eid[~in_tiles]
+        crow = exclusive_cumsum(torch.bincount(out_q, minlength=n))
+        t_perm = torch.sort(out_k, stable=True).indices
+        t_crow = exclusive_cumsum(torch.bincount(out_k, minlength=n))
+        dev = w.device
+        plan.sparse = SparsePart(crow.to(dev), out_k.to(dev), s_eid.to(dev), t_crow.to(dev), out_q[t_perm].to(dev),
+                                 t_perm.to(dev), torch.empty(0, dtype=torch.bool, device=dev))
+        plan.num_edges += out_q.numel()
+    return plan
 
 
 def _lifted_plan(lf, T: int, thr: float) -> TilingPlan | None:

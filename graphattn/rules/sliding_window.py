@@ -6,6 +6,7 @@ import numbers
 from typing import Sequence
 
 from graphattn._memory import edge_bytes
+from graphattn._structure import WindowWithEdges
 from graphattn._validate import check_index_list, check_int, check_query_range
 from graphattn.compose import stack_heads
 from graphattn.graph import AttentionGraph
@@ -47,10 +48,25 @@ def longformer(n: int, *, radius: int, dilation: int | Sequence[int] = 1, global
     glob = check_index_list("global_indices", global_indices, size=n)
     start, stop = check_query_range(queries, n)
     g_rows = int(((glob >= start) & (glob < stop)).sum())
+    if not per_head:
+        return _window_and_globals(dilated(n, radius=radius, dilation=dilations[0], queries=queries), glob, queries)
     head_edges = (stop - start) * (min(2 * radius + 1, n) + glob.numel()) + g_rows * n
-    # each head's band and its union with the globals; per-head layouts then coalesce the heads
+    # each head's band and its union with the globals; the per-head layout then coalesces the heads
     check_edges(f"rules.longformer(n={n}, radius={radius}, dilation={dilation})", head_edges * len(dilations),
-                2 * edge_bytes(1) + (40 if per_head else 0))
+                2 * edge_bytes(1) + 40)
     globals_ = global_tokens(n, global_indices=glob, queries=queries)
-    heads = [dilated(n, radius=radius, dilation=d, queries=queries) | globals_ for d in dilations]
-    return stack_heads(heads) if per_head else heads[0]
+    return stack_heads([dilated(n, radius=radius, dilation=d, queries=queries) | globals_ for d in dilations])
+
+
+def _window_and_globals(window_graph: AttentionGraph, glob, queries) -> AttentionGraph:
+    """``window_graph | global_tokens(...)`` kept structured: the window stays implicit and only
+    the global rows' and columns' edges outside it are built (``O(n g)``, not ``O(n r)``)."""
+    if not glob.numel():
+        return window_graph
+    n, window = window_graph.num_nodes, window_graph.structure
+    globals_ = global_tokens(n, global_indices=glob, queries=queries)
+    # window.contains: a few int64 temporaries per global edge
+    check_edges(f"rules.longformer(n={n}): the global tokens' edges", globals_.num_edges, 40)
+    key, query = globals_.edge_index
+    extra = globals_._select(~window.contains(key, query))
+    return AttentionGraph._implicit(n, window_graph.node_type, WindowWithEdges(window, extra))

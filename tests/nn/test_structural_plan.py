@@ -1,6 +1,6 @@
-"""Plans from a graph's structure (band, lifted block graphs) against the plan of its edge list:
-the same tiles with the same masks, no CSR part; attention through them equals the edge list's;
-nothing reads the edges on the way."""
+"""Plans from a graph's structure (band, lifted block graphs, a band with global tokens) against
+the plan of its edge list: the same tiles with the same masks and the same CSR part (edge ids
+included); attention through them equals the edge list's; nothing reads the edges on the way."""
 
 import pytest
 import torch
@@ -11,7 +11,7 @@ from graphattn.nn.plan import build_plan, get_plan, structural_plan
 
 
 def tiles(plan):
-    """{(query block, key block): bool [T, T]} of a plan's dense tiles, and its sparse edges."""
+    """{(query block, key block): bool [T, T]} of a plan's dense tiles."""
     T, out = plan.tile, {}
     for g in plan.dense:
         G, c = g.kblocks.shape
@@ -19,17 +19,19 @@ def tiles(plan):
         for gi in range(G):
             for s in range(c):
                 out[(int(g.qblocks[gi]), int(g.kblocks[gi, s]))] = mask[gi, :, s]
-    return out, 0 if plan.sparse is None else plan.sparse_edges
+    return out
 
 
 def same_plan(a, b):
-    ta, sa = tiles(a)
-    tb, sb = tiles(b)
-    assert sa == sb == 0
+    ta, tb = tiles(a), tiles(b)
     assert ta.keys() == tb.keys()
     for key in ta:
         assert torch.equal(ta[key], tb[key]), key
-    assert a.num_edges == b.num_edges == a.dense_edges
+    assert a.num_edges == b.num_edges == a.dense_edges + a.sparse_edges
+    assert (a.sparse is None) == (b.sparse is None)
+    if a.sparse is not None:
+        for name in ("crow", "col", "edge_id", "t_crow", "t_col", "t_perm"):
+            assert torch.equal(getattr(a.sparse, name), getattr(b.sparse, name)), name
 
 
 CASES = {
@@ -41,6 +43,11 @@ CASES = {
     "bigbird-128-blocks": lambda q: rules.bigbird(1500, block_size=128, seed=3, queries=q),
     "bigbird-exact-multiple": lambda q: rules.bigbird(64 * 20, block_size=64, seed=1, queries=q),
     "block-local": lambda q: rules.block_local(700, block_size=64, queries=q),
+    "longformer-cls": lambda q: rules.longformer(1000, radius=128, global_indices=[0], queries=q),
+    "longformer-globals": lambda q: rules.longformer(1000, radius=128, global_indices=[0, 500, 999], queries=q),
+    "longformer-spread": lambda q: rules.longformer(1000, radius=128, global_indices=range(0, 1000, 50), queries=q),
+    "longformer-last-row": lambda q: rules.longformer(1024, radius=64, global_indices=[1023], queries=q),
+    "longformer-wider-than-n": lambda q: rules.longformer(150, radius=400, global_indices=[7], queries=q),
 }
 
 
@@ -67,12 +74,14 @@ def test_what_has_no_structural_plan_takes_the_edge_list():
     per_head = compose.lift_blocks(compose.stack_heads([rules.band(8, radius=1), rules.band(8, radius=0)]),
                                    block_size=64, num_tokens=500)
     assert structural_plan(per_head.structure, tile=64) is None
+    # 20 global columns in one key tile make its tiles dense: the edge list decides
+    assert structural_plan(rules.longformer(1000, radius=128, global_indices=range(20)).structure, tile=64) is None
     g = rules.band(500, radius=2)
     graph_attention(*(torch.randn(500, 1, 8) for _ in range(3)), g)
     assert g.structure is None  # its plan needed the edges
 
 
-@pytest.mark.parametrize("name", ["band", "bigbird", "band-causal"])
+@pytest.mark.parametrize("name", ["band", "bigbird", "band-causal", "longformer-globals"])
 def test_attention_on_the_structure_equals_the_edge_list(name):
     g = CASES[name](None)
     n = g.num_nodes

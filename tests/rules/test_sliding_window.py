@@ -57,6 +57,23 @@ def test_longformer_matches_oracle(n, radius, d, glob):
     assert g.equals(parts)
 
 
+@pytest.mark.parametrize("n,radius,d,glob", CASES)
+def test_longformer_counts_and_slices_come_from_its_structure(n, radius, d, glob):
+    # The band stays implicit: keys per query, edge counts and query slices read no edges, and
+    # equal those of the graph's own edge list (and of a slice's).
+    g = longformer(n, radius=radius, dilation=d, global_indices=glob)
+    parts = dilated(n, radius=radius, dilation=d) | global_tokens(n, global_indices=glob)
+    lo, hi = n // 3, n - n // 4
+    s = g.query_slice(lo, hi)
+    assert g.structure is not None and s.structure is not None
+    assert torch.equal(g.keys_per_query(), parts.keys_per_query()) and g.num_edges == parts.num_edges
+    assert torch.equal(s.keys_per_query(), parts.query_slice(lo, hi).keys_per_query())
+    assert g.structure is not None and s.structure is not None
+    assert s.equals(parts.query_slice(lo, hi))
+    ranged = longformer(n, radius=radius, dilation=d, global_indices=glob, queries=range(lo, hi))
+    assert ranged.num_edges == s.num_edges and ranged.equals(s)
+
+
 def test_longformer_keys_per_query_formula():
     n, radius, glob = 40, 2, [0, 20]
     g = longformer(n, radius=radius, dilation=3, global_indices=glob)
