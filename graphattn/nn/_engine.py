@@ -275,16 +275,16 @@ class _SparseCall:
         return (hash_uniform(key, code, h) >= int(p * 2**32)).to(self.qh.dtype) / (1 - p)
 
 
-def _merge(out, m, l, rows, o_part, m_part, l_part):
-    """Merge a part's (unnormalised out, max, sum) for ``rows`` into the running state."""
-    m_old = m[rows]
-    m_new = torch.maximum(m_old, m_part)
+def _merge(out, m, l, o_part, m_part, l_part):
+    """Merge a part's (unnormalised out, max, sum) into the running state, in place (``o_part``
+    is consumed)."""
+    m_new = torch.maximum(m, m_part)
     safe = torch.where(torch.isinf(m_new), torch.zeros_like(m_new), m_new)
-    a = torch.exp(m_old - safe)
+    a = torch.exp(m - safe)
     b = torch.exp(m_part - safe)
-    m[rows] = m_new
-    l[rows] = l[rows] * a + l_part * b
-    out[rows] = out[rows] * a[..., None] + o_part * b[..., None]
+    m.copy_(m_new)
+    l.mul_(a).add_(l_part * b)
+    out.mul_(a[..., None]).add_(o_part.mul_(b[..., None]))
 
 
 def forward(q, k, v, bias, plan: TilingPlan, scale: float, dropout_p: float, drop_key: int, flash: bool):
@@ -341,7 +341,7 @@ def forward(q, k, v, bias, plan: TilingPlan, scale: float, dropout_p: float, dro
                 e = e * sp.keep(drop_key, h, dropout_p)
             o_s[:, h] = sp.matmul(e, vh[h])
         if plan.dense:
-            _merge(out, m, l, slice(None), o_s, m_s, l_s)
+            _merge(out, m, l, o_s, m_s, l_s)
         else:
             out, m, l = o_s, m_s, l_s
     # Rows without keys have l == 0 and out == 0: dividing by 1 there leaves the zeros.
