@@ -240,22 +240,30 @@ def _csr(crow, col, values, shape):
 
 
 class _SparseCall:
-    """Per-call state of the CSR part: heads-major contiguous operands and the edge rows."""
+    """Per-call state of the CSR part: the edge rows, and each head's contiguous operands, made
+    when that head runs (one head's copies at a time, not ``[H, N, D]`` copies of q, k and v)."""
 
     def __init__(self, part: SparsePart, q, k, nq: int, nk: int):
         self.part, self.nq, self.nk = part, nq, nk
+        self.q, self.k = q, k
         self.lengths = part.crow.diff()
         self.rows = torch.repeat_interleave(torch.arange(nq, device=q.device), self.lengths,
                                             output_size=part.col.numel())
-        self.qh = q.transpose(0, 1).contiguous()  # [H, Nq, D]
-        self.kh = k.transpose(0, 1).contiguous()  # [H, Nk, D]
         # Zeros, not empty: sampled_addmm with beta=0 still propagates NaN from its input values.
         self.pattern = _csr(part.crow, part.col, torch.zeros(part.col.numel(), dtype=q.dtype, device=q.device),
                             (nq, nk))
+        self._head = None
+
+    def head(self, h: int):
+        """``(q_h [Nq, D], k_h [Nk, D])`` contiguous (kept while head ``h`` runs)."""
+        if self._head is None or self._head[0] != h:
+            self._head = (h, self.q[:, h].contiguous(), self.k[:, h].contiguous())
+        return self._head[1], self._head[2]
 
     def scores(self, h: int, bias, scale) -> torch.Tensor:
         """Scores of the sparse edges for head ``h`` (``-inf`` where the head layout excludes)."""
-        s = torch.sparse.sampled_addmm(self.pattern, self.qh[h], self.kh[h].t(), beta=0.0, alpha=scale).values()
+        qh, kh = self.head(h)
+        s = torch.sparse.sampled_addmm(self.pattern, qh, kh.t(), beta=0.0, alpha=scale).values()
         if bias is not None:
             s = s + bias[self.part.edge_id, h]
         if self.part.head_allowed.numel():
@@ -272,7 +280,7 @@ class _SparseCall:
 
     def keep(self, key, h, p) -> torch.Tensor:
         code = self.rows * self.nk + self.part.col
-        return (hash_uniform(key, code, h) >= int(p * 2**32)).to(self.qh.dtype) / (1 - p)
+        return (hash_uniform(key, code, h) >= int(p * 2**32)).to(self.q.dtype) / (1 - p)
 
 
 def _merge(out, m, l, o_part, m_part, l_part):
@@ -325,25 +333,19 @@ def forward(q, k, v, bias, plan: TilingPlan, scale: float, dropout_p: float, dro
             ch.write_rows(l, lp)
     if plan.sparse is not None:
         sp = _SparseCall(plan.sparse, q, k, nq, nk)
-        Dv = v.shape[-1]
-        o_s = torch.empty(nq, H, Dv, dtype=acc, device=q.device)
-        m_s = torch.empty(nq, H, dtype=acc, device=q.device)
-        l_s = torch.empty(nq, H, dtype=acc, device=q.device)
-        vh = v.transpose(0, 1).contiguous()
-        for h in range(H):
+        for h in range(H):  # each head's part merged into its state at once: no [N, H, Dv] buffers
             s = sp.scores(h, bias, scale)
             mx = torch.segment_reduce(s, "max", lengths=sp.lengths)  # -inf on rows without edges
             safe = torch.where(torch.isinf(mx), torch.zeros_like(mx), mx)
             e = torch.exp_(s - safe[sp.rows])
-            l_s[:, h] = torch.segment_reduce(e, "sum", lengths=sp.lengths)
-            m_s[:, h] = mx
+            lp = torch.segment_reduce(e, "sum", lengths=sp.lengths)
             if dropout_p:
                 e = e * sp.keep(drop_key, h, dropout_p)
-            o_s[:, h] = sp.matmul(e, vh[h])
-        if plan.dense:
-            _merge(out, m, l, o_s, m_s, l_s)
-        else:
-            out, m, l = o_s, m_s, l_s
+            o = sp.matmul(e, v[:, h].contiguous())
+            if plan.dense:
+                _merge(out[:, h], m[:, h], l[:, h], o, mx, lp)
+            else:
+                out[:, h], m[:, h], l[:, h] = o, mx, lp
     # Rows without keys have l == 0 and out == 0: dividing by 1 there leaves the zeros.
     out.div_(torch.where(l > 0, l, torch.ones_like(l))[..., None])
     return out, m, l
@@ -414,7 +416,6 @@ def backward(grad_out, grad_lse, q, k, v, bias, out, m, l, plan: TilingPlan, sca
             ch.add_keys(dk, torch.matmul(dS.transpose(-1, -2), Qg).mul_(scale))  # [G, H, cT, D]
     if plan.sparse is not None:
         sp = _SparseCall(plan.sparse, q, k, nq, nk)
-        vh = v.transpose(0, 1).contiguous()
         for h in range(H):
             s = sp.scores(h, bias, scale)
             P = torch.exp(s - m_safe[sp.rows, h]) * inv_l[sp.rows, h]
@@ -422,14 +423,15 @@ def backward(grad_out, grad_lse, q, k, v, bias, out, m, l, plan: TilingPlan, sca
             Pd = P if keep is None else P * keep
             dO = grad_out[:, h].contiguous()
             dv[:, h] += sp.matmul_t(Pd, dO)
-            dP = torch.sparse.sampled_addmm(sp.pattern, dO, vh[h].t(), beta=0.0).values()
+            dP = torch.sparse.sampled_addmm(sp.pattern, dO, v[:, h].contiguous().t(), beta=0.0).values()
             if keep is not None:
                 dP = dP * keep
             dS = P * (dP - delta[sp.rows, h])
             if dbias is not None:
                 dbias[plan.sparse.edge_id, h] = dS
-            dq[:, h] += sp.matmul(dS, sp.kh[h]) * scale
-            dk[:, h] += sp.matmul_t(dS, sp.qh[h]) * scale
+            qh, kh = sp.head(h)
+            dq[:, h] += sp.matmul(dS, kh) * scale
+            dk[:, h] += sp.matmul_t(dS, qh) * scale
     return dq, dk, dv, dbias
 
 

@@ -188,8 +188,8 @@ def _check_memory(q, k, v, plan, E: int, nq: int, nk: int):
     H, Dv = q.shape[1], v.shape[2]
     acc = 8 if q.dtype == torch.float64 else 4
     est = nq * H * (Dv + 3) * acc  # out, m, l, lse
-    if plan.sparse is not None:  # head-major copies of q and k, and the CSR values per head
-        est += (nq + nk) * H * q.shape[2] * acc + plan.sparse_edges * H * acc * 2
+    if plan.sparse is not None:  # one head at a time: its copies of q, k, v and its per-edge values
+        est += (nq + 2 * nk) * max(q.shape[2], Dv) * acc + plan.sparse_edges * acc * 4
     est += (1 << 20) * acc * 4  # a dense chunk's score cells (engine._CELLS, heads included) in 4 buffers
     check_memory(f"graph_attention over {E:,} edges ({nq:,} queries, {nk:,} keys, {H} heads)", est, q.device)
 
