@@ -91,7 +91,7 @@ def _check_mask(attention_mask, B: int, nk: int):
 
 
 def _check_heads(g, H: int, layers) -> None:
-    if g.head_mask is not None and g.num_heads != H:
+    if g.num_heads is not None and g.num_heads != H:  # num_heads, not head_mask: reads no edges
         raise ValueError(f"{layers.where}: expected a per-head graph for the model's {H} heads, got {g.num_heads}")
 
 

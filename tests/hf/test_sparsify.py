@@ -108,6 +108,27 @@ def test_sparse_graphs_equal_a_float64_dense_reference(graph_of, name):
         _assert_grad_close(g, gr[n], n, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("rule", [GraphRule(rules.band, radius=128),
+                                  GraphRule(rules.longformer, radius=128, global_indices=[0])], ids=["band", "longformer"])
+def test_an_unpadded_input_runs_on_the_graphs_structure(rule):
+    # A band (with global tokens) runs from its structure: its edge list is never built.
+    model = tiny_bert(max_position_embeddings=1024)
+    n = 1000
+    ids = torch.randint(0, 60, (1, n), generator=torch.Generator().manual_seed(0))
+    ref = model(ids).last_hidden_state
+    hf.sparsify(model, rule)
+    out = model(ids).last_hidden_state
+    holder = getattr(model.encoder.layer[0].attention.self, hf.attention.LAYER_ATTRIBUTE)
+    assert holder.graph(n, "cpu").structure is not None
+    dense = hf.unsparsify(model)
+    listed = rule(n)
+    listed.edge_index  # the same graph with its edge list built: the same result
+    assert listed.structure is None
+    hf.sparsify(dense, listed)
+    assert torch.allclose(out, dense(ids).last_hidden_state, atol=1e-5)
+    assert not torch.allclose(out, ref, atol=1e-3)  # a sparse graph, not full attention
+
+
 def test_causal_band_equals_a_float64_dense_reference_on_llama():
     model = tiny_llama()
     ids, am = padded_batch(LENGTHS, left=True)
