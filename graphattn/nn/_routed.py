@@ -81,7 +81,7 @@ def block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: tor
     block ``c`` that ``mask`` ``[K, T, S]`` (True: masked) leaves, ``q`` ``[K, T, D]``, ``k`` ``[K, S, D]``,
     ``v`` ``[K, S, Dv]``. Returns ``(out [K, T, Dv], lse [K, T])``, ``lse`` the log-sum-exp of
     each row's scores (``-inf`` and a zero output for a row without keys), both differentiable
-    (autograd; the gradient of ``lse`` is exact, so partials merge by the log-sum-exp rule).
+    (the gradient of ``lse`` is exact, so partials merge by the log-sum-exp rule).
 
     The same result as :func:`graphattn.nn.functional.graph_attention` over the block-diagonal
     graph with a ``-inf`` edge bias where ``mask`` holds, computed as batched matmuls: every block
@@ -90,24 +90,66 @@ def block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: tor
     exceed ``FP32_MAX_LOGIT`` (:func:`graphattn.nn._engine.score_bound`); ``out`` comes back in
     ``q``'s dtype, ``lse`` in the accumulation dtype. Dropout (probability ``dropout_p``) drops
     probabilities after the normaliser is summed, as the engine's does, drawing from torch's
-    default generator."""
+    default generator. The backward recomputes the probabilities from ``lse`` (flash attention's
+    backward), so only ``out``, ``lse`` and the dropout mask are kept."""
     bound = score_bound(q.flatten(0, -2).unsqueeze(1), k.flatten(0, -2).unsqueeze(1), scale)
     acc = torch.float64 if q.dtype == torch.float64 or not bound <= FP32_MAX_LOGIT else torch.float32
-    s = torch.matmul(q.to(acc), k.to(acc).transpose(-1, -2)).mul_(scale)
-    if mask is not None:
-        s = s.masked_fill_(mask, float("-inf"))
-    top = s.detach().amax(-1, keepdim=True)  # the lse is the same for any shift: no gradient
-    top = torch.where(torch.isinf(top), torch.zeros_like(top), top)
-    e = (s - top).exp_()
-    total = e.sum(-1)
-    has = total > 0
-    safe = torch.where(has, total, torch.ones_like(total))  # keyless rows: 0 / 1, and no 0 / 0 gradient
-    if dropout_p:
-        keep = torch.empty_like(e).bernoulli_(1.0 - dropout_p)
-        e = e * keep / (1.0 - dropout_p)
-    out = torch.matmul(e, v.to(acc)) / safe[..., None]
-    lse = torch.where(has, top[..., 0] + torch.log(safe), torch.full_like(total, float("-inf")))
-    return out.to(q.dtype), lse
+    return _BlockAttention.apply(q, k, v, mask, scale, dropout_p, acc)
+
+
+def _block_scores(q, k, mask, scale):
+    s = torch.matmul(q, k.transpose(-1, -2)).mul_(scale)
+    return s if mask is None else s.masked_fill_(mask, float("-inf"))
+
+
+class _BlockAttention(torch.autograd.Function):
+    """:func:`block_attention`'s forward and recomputing backward: a handful of passes over the
+    ``[K, T, S]`` scores each way, where autograd through the same ops keeps the scores, the
+    probabilities and a gradient of every step."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, mask, scale, dropout_p, acc):
+        qa, ka, va = q.to(acc), k.to(acc), v.to(acc)
+        e = _block_scores(qa, ka, mask, scale)
+        top = e.amax(-1, keepdim=True)
+        top = torch.where(torch.isinf(top), torch.zeros_like(top), top)  # keyless rows: exp(-inf) = 0
+        e = e.sub_(top).exp_()
+        total = e.sum(-1)
+        has = total > 0
+        safe = torch.where(has, total, torch.ones_like(total))  # keyless rows: 0 / 1
+        keep = None
+        if dropout_p:
+            keep = torch.empty_like(e).bernoulli_(1.0 - dropout_p).to(torch.bool)
+            e = e.mul_(keep).div_(1.0 - dropout_p)
+        out = torch.matmul(e, va).div_(safe[..., None])
+        lse = torch.where(has, top[..., 0] + torch.log(safe), torch.full_like(total, float("-inf")))
+        ctx.save_for_backward(qa, ka, va, mask, out, lse, keep)
+        ctx.scale, ctx.dropout_p, ctx.dtypes = scale, dropout_p, (q.dtype, k.dtype, v.dtype)
+        return out.to(q.dtype), lse
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dout, dlse):
+        qa, ka, va, mask, out, lse, keep = ctx.saved_tensors
+        scale, p = ctx.scale, ctx.dropout_p
+        dO = torch.zeros_like(out) if dout is None else dout.to(out.dtype)
+        keyless = torch.isinf(lse)
+        # P = exp(s - lse): recomputed by the forward's own score ops; 0 on keyless rows.
+        P = _block_scores(qa, ka, mask, scale).sub_(torch.where(keyless, float("inf"), lse)[..., None]).exp_()
+        Pd = P if keep is None else P * keep / (1.0 - p)
+        dv = torch.matmul(Pd.transpose(-1, -2), dO)
+        dP = torch.matmul(dO, va.transpose(-1, -2))
+        if keep is not None:
+            dP = dP.mul_(keep).div_(1.0 - p)
+        # dS = P * (dP - rowsum(dO * out) + dlse): d lse / d s = P.
+        delta = (dO * out).sum(-1)
+        if dlse is not None:
+            delta = delta - torch.where(keyless, torch.zeros_like(dlse), dlse.to(delta.dtype))
+        dS = P.mul_(dP.sub_(delta[..., None]))
+        dq = torch.matmul(dS, ka).mul_(scale)
+        dk = torch.matmul(dS.transpose(-1, -2), qa).mul_(scale)
+        dtq, dtk, dtv = ctx.dtypes
+        return dq.to(dtq), dk.to(dtk), dv.to(dtv), None, None, None, None
 
 
 def merge_rows(outs: torch.Tensor, lses: torch.Tensor, index: torch.Tensor, size: int):
