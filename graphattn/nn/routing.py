@@ -79,11 +79,13 @@ def _earlier_memberships(members: torch.Tensor):
     return later, cluster[earlier]
 
 
-def _bits(slot: torch.Tensor, bit: torch.Tensor, num_slots: int, words: int) -> torch.Tensor:
-    """``[num_slots, words]`` int64 bitsets with bit ``bit[e]`` set in row ``slot[e]`` (pairs unique)."""
-    out = torch.zeros(num_slots * words, dtype=torch.int64, device=slot.device)
-    value = torch.bitwise_left_shift(torch.ones_like(bit), bit % 64)
-    return out.index_add_(0, slot * words + bit // 64, value).view(num_slots, words)  # distinct bits: + is |
+def _bits(slot: torch.Tensor, bit: torch.Tensor, num_slots: int, words: int, dtype=torch.int64) -> torch.Tensor:
+    """``[num_slots, words]`` bitsets (words of ``dtype``: uint8, int16, int32 or int64) with bit
+    ``bit[e]`` set in row ``slot[e]`` (pairs unique)."""
+    width = torch.iinfo(dtype).bits
+    out = torch.zeros(num_slots * words, dtype=dtype, device=slot.device)
+    value = torch.bitwise_left_shift(torch.ones_like(bit), bit % width).to(dtype)  # 2^(width-1) wraps to the sign bit
+    return out.index_add_(0, slot * words + bit // width, value).view(num_slots, words)  # distinct bits: + is |
 
 
 def _duplicate_mask(q_members: torch.Tensor, k_members: torch.Tensor) -> torch.Tensor | None:
@@ -111,9 +113,13 @@ def _duplicate_mask(q_members: torch.Tensor, k_members: torch.Tensor) -> torch.T
     shared = uniq[at] == code  # key memberships among the cluster's numbered earlier clusters
     if not bool(shared.any()):
         return None
-    words = int(bit_of.max()) // 64 + 1
-    qb = _bits(q_slot, bit_of[inv], K * w, words).view(K, w, words)
-    kb = _bits(k_slot[shared], bit_of[at[shared]], K * w, words).view(K, w, words)
+    # The narrowest words that hold a cluster's numbered earlier clusters: the pair test below
+    # reads K * w * w words.
+    nbits = int(bit_of.max()) + 1
+    dtype = next((t for t in (torch.uint8, torch.int16, torch.int32) if nbits <= torch.iinfo(t).bits), torch.int64)
+    words = -(-nbits // torch.iinfo(dtype).bits)
+    qb = _bits(q_slot, bit_of[inv], K * w, words, dtype).view(K, w, words)
+    kb = _bits(k_slot[shared], bit_of[at[shared]], K * w, words, dtype).view(K, w, words)
     mask = None
     for word in range(words):  # one word unless a cluster shares queries with over 64 earlier ones
         meet = torch.bitwise_and(qb[:, :, None, word], kb[:, None, :, word]) != 0

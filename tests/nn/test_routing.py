@@ -304,7 +304,9 @@ def test_duplicate_mask_is_the_first_cluster_holding_the_pair():
     from graphattn.nn.routing import _duplicate_mask
 
     gen = torch.Generator().manual_seed(12)
-    for K, w, n in ((6, 4, 9), (80, 3, 5), (3, 1, 2), (5, 5, 5)):
+    # up to 5, 11, 29 and 79 earlier clusters sharing a query: bitsets of uint8, int16, int32
+    # and two int64 words
+    for K, w, n in ((6, 4, 9), (12, 3, 5), (30, 3, 5), (80, 3, 5), (3, 1, 2), (5, 5, 5)):
         q_sets = torch.stack([torch.randperm(n, generator=gen)[:w].sort().values for _ in range(K)])
         k_sets = torch.stack([torch.randperm(n, generator=gen)[:w].sort().values for _ in range(K)])
         mask = _duplicate_mask(q_sets, k_sets)
