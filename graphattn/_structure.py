@@ -3,8 +3,9 @@
 A band is ``n`` rows of the same window, BigBird a small graph over blocks lifted to tokens: a
 million-token band holds 270 million edges (4.3 GB as an ``int64 [2, E]`` list), BigBird twice
 that, while their structures hold a few kilobytes. The rules that have such a structure (band and
-causal band, dilated bands, everything made with :func:`graphattn.compose.lift_blocks`: block-local,
-BigBird) return an :class:`~graphattn.AttentionGraph` that keeps it and builds its edge list only
+causal band, dilated bands, Longformer's band with global tokens (a window plus the few edges of
+the global rows and columns), everything made with :func:`graphattn.compose.lift_blocks`:
+block-local, BigBird) return an :class:`~graphattn.AttentionGraph` that keeps it and builds its edge list only
 when something reads the edges. Edge counts, keys per query, query slices, device moves and the
 engine's tiling plan (:func:`graphattn.nn.plan.get_plan`) come from the structure directly.
 """

@@ -58,8 +58,11 @@ def _step(fn, backward: bool, params=()):
     return step
 
 
-def run_cell(suite: str, variant: str, n: int, E: int, H: int, depth: int, mode: str, repeats: int) -> dict:
-    """Run one cell in this process; returns a JSON-able dict (time, peak RSS)."""
+def run_cell(suite: str, variant: str, n: int, E: int, H: int, depth: int, mode: str, repeats: int,
+             warmup: int = 1) -> dict:
+    """Run one cell in this process; returns a JSON-able dict (time, peak RSS). ``warmup``: untimed
+    steps first (0 for a cell so large that one step is all there is time for: its one-time costs
+    are then in the time)."""
     from graphattn import rules
     from graphattn.models import FeedForward, GraphRule, SparseEncoder
     from graphattn.nn.lsh import LSHAttention
@@ -107,7 +110,7 @@ def run_cell(suite: str, variant: str, n: int, E: int, H: int, depth: int, mode:
         params = list(layer.parameters())
     else:
         raise ValueError(f"expected suite in {SUITES}, got {suite!r}")
-    m = measure(_step(fn, backward, params), repeats=repeats, warmup=1)
+    m = measure(_step(fn, backward, params), repeats=repeats, warmup=warmup)
     result = {"time_s": m.median_s, "peak_rss_gib": _rss_gib(), "base_rss_gib": base}
     if suite == "routing" and variant in ("routing", "lsh"):
         result["keys_per_query"] = _keys_per_query(layer, x)  # after the peak RSS is read
