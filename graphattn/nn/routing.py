@@ -276,25 +276,27 @@ class RoutingAttention(nn.Module):
         B, N, H, D = qn.shape
         C = self.num_clusters
         w = min(self.cluster_size if self.cluster_size is not None else -(-N // C), N)
-        step = max(1, _SIM_CELLS // (B * H * N))
-        found = []
-        for points in (qn, kn):
-            pts = points.permute(0, 2, 3, 1).contiguous()  # [B, H, D, N]
-            sets, best, assign = [], None, None
-            for c0 in range(0, C, step):
-                sim = torch.matmul(cent[:, c0:c0 + step], pts)  # [B, H, c, N]
-                sets.append(_top_members(sim, w))
-                if not self.training:
-                    continue
-                top, arg = sim.max(dim=2)  # first maximum: ties to the lower id
-                if best is None:
-                    best, assign = top, arg
-                else:  # strictly better only, so ties keep the lower id
-                    better = top > best
-                    best, assign = torch.where(better, top, best), torch.where(better, arg + c0, assign)
-            found += [torch.cat(sets, dim=2), assign]
-        q_sets, q_assign, k_sets, k_assign = found
-        return q_sets, k_sets, q_assign, k_assign
+        # Queries and keys side by side, [B, H, D, 2N]: one similarity matmul and one assignment
+        # pass for both.
+        pts = torch.empty(B, H, D, 2 * N, dtype=qn.dtype, device=qn.device)
+        pts[..., :N] = qn.permute(0, 2, 3, 1)
+        pts[..., N:] = kn.permute(0, 2, 3, 1)
+        step = max(1, _SIM_CELLS // (B * H * 2 * N))
+        q_sets, k_sets, best, assign = [], [], None, None
+        for c0 in range(0, C, step):
+            sim = torch.matmul(cent[:, c0:c0 + step], pts)  # [B, H, c, 2N]
+            q_sets.append(_top_members(sim[..., :N], w))
+            k_sets.append(_top_members(sim[..., N:], w))
+            if not self.training:
+                continue
+            top, arg = sim.max(dim=2)  # first maximum: ties to the lower id
+            if best is None:
+                best, assign = top, arg
+            else:  # strictly better only, so ties keep the lower id
+                better = top > best
+                best, assign = torch.where(better, top, best), torch.where(better, arg + c0, assign)
+        q_assign, k_assign = (None, None) if assign is None else (assign[..., :N], assign[..., N:])
+        return torch.cat(q_sets, dim=2), torch.cat(k_sets, dim=2), q_assign, k_assign
 
     def _cluster_attention(self, q, k, v, q_sets, k_sets, dropout_p: float, want_edges: bool):
         """Attention of ``q``, ``k``, ``v`` ``[B, N, H, D]`` over the routing graph of the sets
@@ -335,7 +337,8 @@ class RoutingAttention(nn.Module):
         q = self.q_proj(x).view(B, N, H, D)
         k = self.k_proj(x).view(B, N, H, D)
         v = self.v_proj(x).view(B, N, H, D)
-        qn, kn = _unit(q.detach()), _unit(k.detach())
+        qu, ku = _unit(q), _unit(k)  # differentiable for the commitment loss; routed detached
+        qn, kn = qu.detach(), ku.detach()
         if not bool(self.initialized):
             self._initialise(qn, kn)
         cent = self.centroids.to(qn.dtype)
@@ -346,8 +349,8 @@ class RoutingAttention(nn.Module):
             q_assign, k_assign = q_assign.permute(0, 2, 1), k_assign.permute(0, 2, 1)  # [B, N, H]
             # Commitment: squared distance of the (differentiable) unit vectors to their centroid.
             heads = torch.arange(H, device=x.device)
-            dq = (_unit(q) - cent[heads, q_assign]).pow(2).sum(-1)  # [B, N, H]
-            dk = (_unit(k) - cent[heads, k_assign]).pow(2).sum(-1)
+            dq = (qu - cent[heads, q_assign]).pow(2).sum(-1)  # [B, N, H]
+            dk = (ku - cent[heads, k_assign]).pow(2).sum(-1)
             self.last_commitment_loss = self.commitment * 0.5 * (dq.mean() + dk.mean())
             points = torch.cat([qn.permute(2, 0, 1, 3).reshape(H, B * N, D),
                                 kn.permute(2, 0, 1, 3).reshape(H, B * N, D)], dim=1)
