@@ -393,7 +393,7 @@ def structural_plan(structure, *, tile: int = 64, dense_threshold: float = 0.25)
 
     The same tiles and masks as :func:`build_plan` on the graph's edges (its query blocks may be
     grouped differently: blocks whose masks are the same form one group with one shared mask), no
-    CSR part, and no ``pos`` / ``edge_id``. O(query blocks x tiles) work; only the border blocks'
+    CSR part but a window's extra edges outside its tiles, and no ``pos`` / ``edge_id``. O(query blocks x tiles) work; only the border blocks'
     masks are materialised."""
     from graphattn._structure import Lifted, Window, WindowWithEdges
 
@@ -529,8 +529,10 @@ def _window_with_edges_plan(s, T: int, thr: float) -> TilingPlan | None:
         cols_in = torch.clamp(n - (codes % KB) * T, max=T)
         if bool((counts >= thr * rows_in * cols_in).any()):
             return None
+    in_q, in_k = query[in_tiles], key[in_tiles]  # sorted by query, so by query block
+    in_qb = in_q // T
     touched = torch.zeros(QB, dtype=torch.bool)
-    touched[qb[in_tiles]] = True
+    touched[in_qb] = True
     lay = _window_layout(w, T, thr, alone=touched)
     if lay is None:
         return None
@@ -538,10 +540,9 @@ def _window_with_edges_plan(s, T: int, thr: float) -> TilingPlan | None:
     for members, kblocks, mask in lay.groups:
         b = int(members[0])
         if members.numel() == 1 and bool(touched[b]):
-            sel = in_tiles & (qb == b)
-            cols = key[sel] - int(lay.kf[b]) * T
+            lo, hi = (int(torch.searchsorted(in_qb, b, right=right)) for right in (False, True))
             mask = mask.clone()
-            mask[0, 0, query[sel] - b * T, cols] = True
+            mask[0, 0, in_q[lo:hi] - b * T, in_k[lo:hi] - int(lay.kf[b]) * T] = True
         groups.append((members, kblocks, mask))
     plan = _plan_from_groups(n, T, groups, w.device)
     if out_q.numel():
