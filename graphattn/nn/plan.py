@@ -446,13 +446,19 @@ def _dense_enough(mask: torch.Tensor, kblocks: torch.Tensor, qblocks: torch.Tens
 
 
 def _window_plan(w, T: int, thr: float) -> TilingPlan | None:
-    layout = _window_layout(w, T, thr)
-    return None if layout is None else _plan_from_groups(w.n, T, layout.groups, w.device)
+    lay = _WindowLayout.of(w, T)
+    groups = None if lay is None else lay.groups(thr)
+    return None if groups is None else _plan_from_groups(w.n, T, groups, w.device)
 
 
 class _WindowLayout:
     """A window's dense tiles: per query block ``I`` the key tiles ``kf[I] .. kl[I]`` (where
-    ``present[I]``), and the groups of :func:`_plan_from_groups`."""
+    ``present[I]``); :meth:`groups` makes the groups of :func:`_plan_from_groups`."""
+
+    @classmethod
+    def of(cls, w, T: int) -> "_WindowLayout | None":
+        """The layout of window ``w``, or None when it has none here (no offsets, or dilated)."""
+        return cls(w, T) if w.offsets.numel() and w.contiguous else None
 
     def __init__(self, w, T: int):
         n, lo, hi = w.n, w.start, w.stop
@@ -470,7 +476,6 @@ class _WindowLayout:
         # one geometry: one shared mask. The border blocks are planned one by one.
         self.interior = (self.present & (self.r_lo == I * T) & (self.r_hi == (I + 1) * T) & (I * T + self.omin >= 0)
                          & ((I + 1) * T - 1 + self.omax <= n - 1) & ((self.kl + 1) * T <= n))
-        self.groups = []
 
     def block_mask(self, b: int) -> torch.Tensor:
         """bool ``[1, 1, T, c*T]``: the window's cells in the tiles of query block ``b``."""
@@ -482,29 +487,27 @@ class _WindowLayout:
         inside = (j < w.n) & (i >= w.start) & (i < w.stop)
         return ((d >= self.omin) & (d <= self.omax) & inside)[None, None]
 
-    def kblocks(self, members: torch.Tensor) -> torch.Tensor:
-        c = int(self.kl[members[0]] - self.kf[members[0]]) + 1
-        return self.kf[members][:, None] + torch.arange(c)
-
-
-def _window_layout(w, T: int, thr: float, alone: torch.Tensor | None = None) -> _WindowLayout | None:
-    """The window's groups, or None when a tile of it is below the dense threshold. ``alone``:
-    bool ``[QB]``, blocks to plan one by one even when interior (their masks will change)."""
-    if w.offsets.numel() == 0 or not w.contiguous:
-        return None
-    lay = _WindowLayout(w, T)
-    interior = lay.interior if alone is None else lay.interior & ~alone
-    border = (lay.present & ~interior).nonzero().flatten()
-    check_memory(f"the tiling plan of a band (n={w.n:,}, tile {T})",
-                 2 * sum(T * T * (int(lay.kl[b] - lay.kf[b]) + 1) for b in border.tolist()) + 64 * lay.kf.numel())
-    for members in [interior.nonzero().flatten()] + [border[b:b + 1] for b in range(border.numel())]:
-        if not members.numel():
-            continue
-        mask, kblocks = lay.block_mask(int(members[0])), lay.kblocks(members)
-        if not _dense_enough(mask, kblocks[:1], members[:1], w.n, T, thr):
-            return None
-        lay.groups.append((members, kblocks, mask))
-    return lay
+    def groups(self, thr: float, alone: torch.Tensor | None = None) -> list | None:
+        """``(members, kblocks, mask)`` per group: the interior blocks with one shared mask, each
+        border block alone; None when a tile is below the dense threshold. ``alone``: bool
+        ``[QB]``, blocks to plan one by one even when interior (their masks will change)."""
+        T = self.T
+        interior = self.interior if alone is None else self.interior & ~alone
+        border = (self.present & ~interior).nonzero().flatten()
+        check_memory(f"the tiling plan of a band (n={self.w.n:,}, tile {T})",
+                     2 * sum(T * T * (int(self.kl[b] - self.kf[b]) + 1) for b in border.tolist())
+                     + 64 * self.kf.numel())
+        out = []
+        for members in [interior.nonzero().flatten()] + [border[b:b + 1] for b in range(border.numel())]:
+            if not members.numel():
+                continue
+            first = int(members[0])
+            c = int(self.kl[first] - self.kf[first]) + 1
+            mask, kblocks = self.block_mask(first), self.kf[members][:, None] + torch.arange(c)
+            if not _dense_enough(mask, kblocks[:1], members[:1], self.w.n, T, thr):
+                return None
+            out.append((members, kblocks, mask))
+        return out
 
 
 def _window_with_edges_plan(s, T: int, thr: float) -> TilingPlan | None:
@@ -512,53 +515,50 @@ def _window_with_edges_plan(s, T: int, thr: float) -> TilingPlan | None:
     fall in its tiles set in those blocks' masks, the others a CSR part whose edge ids are their
     places in the graph's (query, key)-sorted edge list, computed from the structure."""
     w, n = s.window, s.window.n
+    lay = _WindowLayout.of(w, T)
+    if lay is None:
+        return None
     key, query = (t.cpu() for t in s.extra.edge_index)
     QB = -(-n // T)
-    if w.offsets.numel() == 0 or not w.contiguous:
-        return None
-    lay = _WindowLayout(w, T)  # the window's tiles, to place the extra edges
     qb, kb = query // T, key // T
     in_tiles = lay.present[qb] & (kb >= lay.kf[qb]) & (kb <= lay.kl[qb])
     # The extra edges outside the window's tiles must leave their tiles sparse, as the
     # edge-list plan would (only extra edges lie there).
     out_q, out_k = query[~in_tiles], key[~in_tiles]
     if out_q.numel():
-        KB = QB
-        codes, counts = torch.unique((out_q // T) * KB + out_k // T, return_counts=True)
-        rows_in = torch.clamp(n - (codes // KB) * T, max=T)
-        cols_in = torch.clamp(n - (codes % KB) * T, max=T)
+        codes, counts = torch.unique((out_q // T) * QB + out_k // T, return_counts=True)
+        rows_in = torch.clamp(n - (codes // QB) * T, max=T)
+        cols_in = torch.clamp(n - (codes % QB) * T, max=T)
         if bool((counts >= thr * rows_in * cols_in).any()):
             return None
     in_q, in_k = query[in_tiles], key[in_tiles]  # sorted by query, so by query block
     in_qb = in_q // T
     touched = torch.zeros(QB, dtype=torch.bool)
     touched[in_qb] = True
-    lay = _window_layout(w, T, thr, alone=touched)
-    if lay is None:
+    groups = lay.groups(thr, alone=touched)
+    if groups is None:
         return None
-    groups = []
-    for members, kblocks, mask in lay.groups:
+    for g, (members, kblocks, mask) in enumerate(groups):
         b = int(members[0])
         if members.numel() == 1 and bool(touched[b]):
             lo, hi = (int(torch.searchsorted(in_qb, b, right=right)) for right in (False, True))
             mask = mask.clone()
             mask[0, 0, in_q[lo:hi] - b * T, in_k[lo:hi] - int(lay.kf[b]) * T] = True
-        groups.append((members, kblocks, mask))
+            groups[g] = (members, kblocks, mask)
     plan = _plan_from_groups(n, T, groups, w.device)
     if out_q.numel():
         # Edge ids: the row's start in the whole graph, plus the window's and the extra keys
         # before this one in its row.
-        row_start = exclusive_cumsum(s.counts().cpu())
-        extra_ptr = exclusive_cumsum(torch.bincount(query, minlength=n))
-        rank = torch.arange(query.numel()) - extra_ptr[query]
+        extra_counts = torch.bincount(query, minlength=n)
+        row_start = exclusive_cumsum(w.counts().cpu() + extra_counts)
+        rank = torch.arange(query.numel()) - exclusive_cumsum(extra_counts)[query]
         eid = row_start[query] + w.keys_before(key, query) + rank
-        s_eid = eid[~in_tiles]
         crow = exclusive_cumsum(torch.bincount(out_q, minlength=n))
         t_perm = torch.sort(out_k, stable=True).indices
         t_crow = exclusive_cumsum(torch.bincount(out_k, minlength=n))
         dev = w.device
-        plan.sparse = SparsePart(crow.to(dev), out_k.to(dev), s_eid.to(dev), t_crow.to(dev), out_q[t_perm].to(dev),
-                                 t_perm.to(dev), torch.empty(0, dtype=torch.bool, device=dev))
+        plan.sparse = SparsePart(crow.to(dev), out_k.to(dev), eid[~in_tiles].to(dev), t_crow.to(dev),
+                                 out_q[t_perm].to(dev), t_perm.to(dev), torch.empty(0, dtype=torch.bool, device=dev))
         plan.num_edges += out_q.numel()
     return plan
 
