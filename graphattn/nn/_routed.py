@@ -132,7 +132,7 @@ class _BlockAttention(torch.autograd.Function):
     def backward(ctx, dout, dlse):
         qa, ka, va, mask, out, lse, keep = ctx.saved_tensors
         scale, p = ctx.scale, ctx.dropout_p
-        dO = torch.zeros_like(out) if dout is None else dout.to(out.dtype)
+        dO = dout.to(out.dtype)  # gradients are materialised: zeros, never None
         keyless = torch.isinf(lse)
         # P = exp(s - lse): recomputed by the forward's own score ops; 0 on keyless rows.
         P = _block_scores(qa, ka, mask, scale).sub_(torch.where(keyless, float("inf"), lse)[..., None]).exp_()
@@ -142,9 +142,7 @@ class _BlockAttention(torch.autograd.Function):
         if keep is not None:
             dP = dP.mul_(keep).div_(1.0 - p)
         # dS = P * (dP - rowsum(dO * out) + dlse): d lse / d s = P.
-        delta = (dO * out).sum(-1)
-        if dlse is not None:
-            delta = delta - torch.where(keyless, torch.zeros_like(dlse), dlse.to(delta.dtype))
+        delta = (dO * out).sum(-1) - torch.where(keyless, torch.zeros_like(dlse), dlse.to(out.dtype))
         dS = P.mul_(dP.sub_(delta[..., None]))
         dq = torch.matmul(dS, ka).mul_(scale)
         dk = torch.matmul(dS.transpose(-1, -2), qa).mul_(scale)
