@@ -121,18 +121,14 @@ def route_forward(x: torch.Tensor, route: Route, group, what: str = "exchange") 
     with collective(f"{what}: all_to_all_single", group):
         dist.all_to_all_single(recv, send, list(route.recv_counts), list(route.send_counts), group=group)
     out[route.recv_pos] = recv
-    lo = 0
-    for src, count in enumerate(route.bcast_counts):
-        if not count:
-            continue
+    for src, count, pos in _broadcasts(route):
         with collective(f"{what}: broadcast from rank {route.global_ranks[src]}", group):
-            if src == route.rank:
+            if pos is None:
                 dist.broadcast(x[route.bcast_index].contiguous(), src=route.global_ranks[src], group=group)
             else:
                 buf = x.new_empty((count,) + tail)
                 dist.broadcast(buf, src=route.global_ranks[src], group=group)
-                out[route.bcast_pos[lo:lo + count]] = buf
-                lo += count
+                out[pos] = buf
     return out
 
 
@@ -151,20 +147,30 @@ def route_backward(grad_out: torch.Tensor, route: Route, group, what: str = "exc
     with collective(f"{what} (backward): all_to_all_single", group):
         dist.all_to_all_single(got, back, list(route.send_counts), list(route.recv_counts), group=group)
     grad.index_add_(0, route.send_index, got)
-    lo = 0
-    for src, count in enumerate(route.bcast_counts):
-        if not count:
-            continue
+    for src, count, pos in _broadcasts(route):
         with collective(f"{what} (backward): reduce to rank {route.global_ranks[src]}", group):
-            if src == route.rank:
+            if pos is None:
                 buf = grad_out.new_zeros((count,) + tail)
                 dist.reduce(buf, dst=route.global_ranks[src], op=dist.ReduceOp.SUM, group=group)
                 grad.index_add_(0, route.bcast_index, buf)
             else:
-                buf = grad_out[route.bcast_pos[lo:lo + count]].contiguous()
-                dist.reduce(buf, dst=route.global_ranks[src], op=dist.ReduceOp.SUM, group=group)
-                lo += count
+                dist.reduce(grad_out[pos].contiguous(), dst=route.global_ranks[src], op=dist.ReduceOp.SUM, group=group)
     return grad
+
+
+def _broadcasts(route: Route):
+    """``(src, count, pos)`` for each rank that broadcasts ``count`` rows, in rank order (every
+    rank walks them alike): ``pos`` the buffer positions its rows land on here, None on ``src``
+    itself (its rows are ``route.bcast_index``)."""
+    lo = 0
+    for src, count in enumerate(route.bcast_counts):
+        if not count:
+            continue
+        if src == route.rank:
+            yield src, count, None
+        else:
+            yield src, count, route.bcast_pos[lo:lo + count]
+            lo += count
 
 
 def plan_broadcasts(send_rows: torch.Tensor, dest: torch.Tensor, ids_of, rank: int, world: int,
