@@ -92,8 +92,9 @@ def build_parser(prog: str = "python -m graphattn.bench") -> ArgumentParser:
     ss = sub.add_parser("seq2seq", help="long-input seq2seq on the pydoc topics: BigBird encoder at full length vs "
                                          "full attention truncated to 512 tokens")
     ss.add_argument("--models", nargs="+", default=["bigbird", "truncated"], choices=["bigbird", "truncated"])
-    ss.add_argument("--steps", type=count, default=300, help="training steps per model")
-    ss.add_argument("--batch", type=count, default=4, help="documents per training step")
+    ss.add_argument("--steps", type=count, default=100,
+                    help="full-length training steps per model, after the short-document warm-up")
+    ss.add_argument("--batch", type=count, default=4, help="documents per full-length training step")
     ss.add_argument("--lr", type=_positive_float, default=2e-3, help="Adam learning rate")
     ss.add_argument("--eval-samples", type=count, default=64, help="held-out documents evaluated")
     ss.add_argument("--embed-dim", type=count, default=64)
