@@ -254,8 +254,8 @@ def train(model, name: str, ids: torch.Tensor, *, steps: int, batch: int, lr: fl
 def evaluate(model, name: str, ids: torch.Tensor, *, samples: int, seed: int, batch: int = 8,
              lengths: tuple[int, int] = (MIN_LEN, MAX_LEN)) -> dict:
     """Greedy decoding on ``samples`` held-out documents: exact match of the ``TARGET``
-    characters after each marker (per marker, and whole documents), token accuracy of those
-    characters, and the fraction of markers in the first ``TRUNCATE`` source tokens."""
+    tokens after each marker (per marker, and whole documents), token accuracy of those
+    tokens, and the fraction of markers in the first ``TRUNCATE`` source tokens."""
     gen = torch.Generator().manual_seed(seed)
     segments = correct = documents = in_window = 0
     for start in range(0, samples, batch):
@@ -264,10 +264,10 @@ def evaluate(model, name: str, ids: torch.Tensor, *, samples: int, seed: int, ba
         src, mask = _truncate(name, src, mask)
         out = model.generate(src, mask, max_new_tokens=tgt.shape[1] - 1, bos_id=BOS)
         out = torch.nn.functional.pad(out, (0, tgt.shape[1] - 1 - out.shape[1]), value=PAD)
-        chars = (out == tgt[:, 1:])[:, :-1].view(b, MARKERS, TARGET + 1)[:, :, 1:]  # [b, markers, TARGET]
-        segments += int(chars.all(-1).sum())
-        documents += int(chars.all(-1).all(-1).sum())
-        correct += int(chars.sum())
+        hits = (out == tgt[:, 1:])[:, :-1].view(b, MARKERS, TARGET + 1)[:, :, 1:]  # [b, markers, TARGET]
+        segments += int(hits.all(-1).sum())
+        documents += int(hits.all(-1).all(-1).sum())
+        correct += int(hits.sum())
         in_window += int((marks + TARGET < TRUNCATE).sum())
     return {"exact_match": segments / (samples * MARKERS), "document_match": documents / samples,
             "token_accuracy": correct / (samples * MARKERS * TARGET),
