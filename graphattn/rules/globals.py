@@ -7,8 +7,8 @@ from typing import Sequence
 import torch
 
 from graphattn._validate import check_index_list, check_int, check_query_range, renamed_parameters
-from graphattn.graph import AttentionGraph, EdgeLabel, NodeType
-from graphattn.rules._build import COALESCE_BYTES, check_edges, coalesce, token_types
+from graphattn.graph import AttentionGraph, EdgeLabel
+from graphattn.rules._build import COALESCE_BYTES, check_edges, coalesce, global_node_types
 
 __all__ = ["global_tokens", "global_nodes"]
 
@@ -68,5 +68,4 @@ def global_nodes(n: int, *, num_global: int, queries: range | None = None) -> At
     tok_keys = torch.cat([tok[:, None], torch.arange(n, total).expand(tok.numel(), -1)], dim=1)
     key = torch.cat([tok_keys.reshape(-1), torch.arange(total).repeat(glob_rows.numel())])
     query = torch.cat([tok.repeat_interleave(count + 1), glob_rows.repeat_interleave(total)])
-    node_type = torch.cat([token_types(n), torch.full((count,), int(NodeType.GLOBAL), dtype=torch.int8)])
-    return AttentionGraph._trusted(torch.stack([key, query]), total, node_type, EdgeLabel.GLOBAL)
+    return AttentionGraph._trusted(torch.stack([key, query]), total, global_node_types(n, count), EdgeLabel.GLOBAL)
