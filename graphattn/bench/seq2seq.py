@@ -34,8 +34,7 @@ from torch import nn
 from graphattn.bench._timing import format_table, spawn_worker
 
 __all__ = ["SPECIALS", "TARGET", "TRUNCATE", "MODELS", "WARMUP", "corpus", "tokenize", "Vocabulary", "make_batch",
-           "ShiftedEmbedding",
-           "make_model", "train", "evaluate", "run_cell", "run"]
+           "ShiftedEmbedding", "make_model", "train", "evaluate", "run_cell", "run"]
 
 MARKERS = 4  # markers per document, one per zone
 TARGET = 1  # tokens to read back after each marker
@@ -116,6 +115,9 @@ def make_batch(ids: torch.Tensor, batch: int, gen: torch.Generator, *, min_len: 
     length)."""
     if not 1 <= markers <= MARKERS:  # marker tokens are the specials <mark0> .. <mark{MARKERS - 1}>
         raise ValueError(f"expected 1 <= markers <= {MARKERS}, got {markers}")
+    if min_len // markers < target:  # the shortest zone, of the shortest document
+        raise ValueError(f"expected zones of at least target = {target} tokens, got min_len = {min_len} "
+                         f"for {markers} markers")
     if buckets is None:
         lengths = torch.randint(min_len, max_len + 1, (batch,), generator=gen)
     else:
@@ -128,9 +130,6 @@ def make_batch(ids: torch.Tensor, batch: int, gen: torch.Generator, *, min_len: 
         start = int(torch.randint(0, ids.numel() - L, (1,), generator=gen))
         doc = ids[start:start + L]
         bounds = [L * m // markers for m in range(markers + 1)]
-        if bounds[1] - bounds[0] < target:
-            raise ValueError(f"expected zones of at least target = {target} tokens, got min_len = {min_len} "
-                             f"for {markers} markers")
         pieces, row, prev = [], [BOS], 0
         for m in range(markers):
             lo, hi = bounds[m], bounds[m + 1]
