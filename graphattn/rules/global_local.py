@@ -70,7 +70,8 @@ def etc(n: int, *, num_global: int, radius: int, segments: Sequence[int] | None 
     # < n) then every global node (keys >= n); a global row is its segment's tokens then every
     # global node. The pieces never share an edge. (Built as the union of band, global-node and
     # segment graphs this took 18x the time of writing a bare [2, E] list of its size.)
-    tokens = window_rows(tok_rows.start, tok_rows.stop, torch.arange(-radius, radius + 1), n,
+    reach = min(radius, max(n - 1, 0))  # as in band: only offsets that can reach a key
+    tokens = window_rows(tok_rows.start, tok_rows.stop, torch.arange(-reach, reach + 1), n,
                          extra=torch.arange(n, total))
     glob = torch.arange(max(start, n), max(stop, n))
     s = glob - n

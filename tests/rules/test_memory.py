@@ -120,3 +120,18 @@ def test_huge_requests_answer_at_once(call, request_text):
         call()
     message = str(err.value)
     assert request_text in message and "need an estimated" in message and "1.0 GB budget" in message
+
+
+@pytest.mark.parametrize("build", [
+    lambda radius: rules.band(7, radius=radius),
+    lambda radius: rules.band(7, radius=radius, causal=True),
+    lambda radius: rules.dilated(7, radius=radius, dilation=2),
+    lambda radius: rules.longformer(7, radius=radius, global_indices=[2]),
+    lambda radius: rules.etc(7, num_global=2, radius=radius, max_relative=3),
+], ids=["band", "band_causal", "dilated", "longformer", "etc"])
+def test_a_radius_beyond_the_sequence_is_the_whole_sequence(build):
+    """Offsets that reach no key cost nothing: a radius of 2^40 on 7 tokens is radius 6, built
+    at once (an unclamped window would ask for terabytes)."""
+    with memory_limit("16M"):
+        huge = build(2**40)
+        assert torch.equal(huge.edge_index, build(6).edge_index)
